@@ -1,0 +1,17 @@
+"""Gymnasium registration of the PersistWorld environments (runs at ``import persistworld_env``)."""
+from __future__ import annotations
+
+import gymnasium as gym
+
+#: Episode length limit in environment steps (0.8 s each).
+MAX_EPISODE_STEPS = 25
+
+
+def register_envs() -> None:
+    """Register ``MiniDROID-Sim-v0`` (idempotent)."""
+    if "MiniDROID-Sim-v0" not in gym.registry:
+        gym.register(
+            id="MiniDROID-Sim-v0",
+            entry_point="persistworld_env.sim.env:MiniDROIDSimEnv",
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )

@@ -1,0 +1,63 @@
+"""Record scripted-expert episodes of the MiniDROID simulator as :class:`EpisodeRecord` s."""
+from __future__ import annotations
+
+import numpy as np
+
+from persistworld_env.constants import CAMERAS, DATA_FPS
+from persistworld_env.data.episode import EpisodeRecord
+from persistworld_env.sim.experts import ExpertNoise, ScriptedExpert
+from persistworld_env.sim.simulator import MiniDROIDSimulator
+
+MAX_SECONDS = 15.0
+HOLD_TICKS = 8  # ticks recorded after the expert finishes
+
+
+def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None,
+                   noise: ExpertNoise | None = None, max_ticks: int = int(MAX_SECONDS * DATA_FPS)) -> EpisodeRecord:
+    """Reset ``sim`` at ``seed``, run a scripted expert and return the 15 Hz recording.
+
+    The expert's noise is drawn from :meth:`ExpertNoise.sample` unless given. Deterministic by seed.
+    """
+    sim.reset(seed, task_family)
+    rng = np.random.default_rng([seed, 1])
+    noise = noise if noise is not None else ExpertNoise.sample(rng)
+    expert = ScriptedExpert(sim, noise, rng)
+    frames = {c: [] for c in CAMERAS}
+    state, joints, actions, targets = [], [], [], []
+    hold = HOLD_TICKS
+    for _ in range(max_ticks):
+        for cam, img in sim.render().items():
+            frames[cam].append(img)
+        state.append(sim.pose())
+        joints.append(sim.joint_position())
+        command = expert.act()
+        sim.tick(command)
+        actions.append(command)
+        targets.append(sim.joint_targets())
+        if expert.done:
+            hold -= 1
+            if hold < 0:
+                break
+    state, actions = np.stack(state), np.stack(actions)
+    return EpisodeRecord(
+        frames={c: np.stack(v) for c, v in frames.items()},
+        cartesian_position=state[:, :6], gripper_position=state[:, 6:7], joint_position=np.stack(joints),
+        action_cartesian_position=actions[:, :6], action_gripper_position=actions[:, 6:7],
+        action_joint_position=np.stack(targets),
+        instruction=sim.instruction, task=sim.task.family, success=sim.success(), seed=int(seed),
+        extra={"noise": vars(noise), "scene": sim.scene.describe(), "target": sim.task.target},
+    )
+
+
+def action_chunks(record: EpisodeRecord, normalizer, frames_per_step: int = 4, stride: int = 3) -> list[np.ndarray]:
+    """Cut an episode's commanded poses into environment actions: (4, 7) normalised chunks at 5 Hz.
+
+    Chunk ``k`` holds the commands of 15 Hz ticks ``3(4k + j + 1)``, j = 0..3 (the poses the env reaches
+    at the end of each of its 4 frames); a short tail repeats the last command.
+    """
+    commands = record.action_pose
+    ticks = np.arange(stride, len(commands) + stride * frames_per_step, stride)
+    ticks = np.minimum(ticks, len(commands) - 1)
+    n_chunks = max(1, (len(commands) - 1) // (stride * frames_per_step))
+    poses = commands[ticks[: n_chunks * frames_per_step]].reshape(n_chunks, frames_per_step, -1)
+    return [normalizer.normalize(c).astype(np.float32) for c in poses]
