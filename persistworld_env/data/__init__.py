@@ -19,6 +19,7 @@ _EXPORTS = {
     "SamplingConfig": "dataset",
     "WorldModelDataset": "dataset",
     "bench_loader": "bench",
+    "collate_samples": "dataset",
     "decode_video": "video",
     "encode_video": "video",
     "probe_video": "video",

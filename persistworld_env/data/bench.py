@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from persistworld_env.data.dataset import WorldModelDataset
+from persistworld_env.data.dataset import WorldModelDataset, collate_samples
 
 
 def bench_loader(root: str | os.PathLike, num_samples: int = 256, batch_size: int = 8, num_workers: int = 0,
                  split: str = "all", cache_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, Any]:
     """Samples/s through a torch DataLoader, cold (decoding video) and warm (decoded-frame cache).
 
-    Both passes read the same ``num_samples`` random samples. The cold pass starts from an empty
+    Batches are assembled with :func:`collate_samples`. Both passes read the same ``num_samples`` random samples. The cold pass starts from an empty
     on-disk cache (a temporary directory unless ``cache_dir`` is given, which is then expected empty)
     and fresh worker processes; the warm pass uses new workers too, so it measures the on-disk cache
     (memmap reads), not a per-process memory LRU.
@@ -32,7 +32,8 @@ def bench_loader(root: str | os.PathLike, num_samples: int = 256, batch_size: in
                                "episodes": int(len(ds.episodes)), "dataset_samples": len(ds)}
         for name in ("cold", "warm"):
             ds.frames._lru.clear()
-            loader = DataLoader(Subset(ds, picks), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+            loader = DataLoader(Subset(ds, picks), batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                collate_fn=collate_samples)
             t0 = time.perf_counter()
             n = sum(len(batch["episode_index"]) for batch in loader)
             dt = time.perf_counter() - t0

@@ -37,6 +37,8 @@ A sample (dict; default collation batches it):
 * ``instruction``: str; ``episode_index``, ``current_index`` (tick), ``future_skip``, ``history_skip``
   (model frames): int.
 
+Batch with :func:`collate_samples` (same result as torch's default collation, faster for uint8 video).
+
 Split: an episode is validation when ``episode_index % val_mod == val_rem`` (DROID convention: 100, 99),
 or, with ``val_episodes``, when it is listed there.
 """
@@ -195,3 +197,18 @@ class WorldModelDataset(Dataset):
             "future_skip": int(future_skip),
             "history_skip": int(history_skip),
         }
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples like torch's ``default_collate`` (tensors stacked, ints to an int64 tensor, strings
+    to a list), but stacks through numpy: ``torch.stack`` of uint8 video was ~15x slower on CPU here."""
+    out: dict[str, Any] = {}
+    for key, first in batch[0].items():
+        values = [sample[key] for sample in batch]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.from_numpy(np.stack([v.numpy() for v in values]))
+        elif isinstance(first, str):
+            out[key] = values
+        else:
+            out[key] = torch.tensor(values)
+    return out

@@ -9,8 +9,8 @@ Crash safety and resumability:
   overwritten when the episode is written again, and stray temporary files are removed on open;
 * ``info.json`` is rewritten atomically after every episode; :meth:`LeRobotWriter.finalize`
   recomputes totals, ``stats.json`` and ``episodes_stats.jsonl`` from the indexed episodes and makes
-  the global ``index`` column contiguous in episode order, so a resumed or out-of-order dataset ends
-  up byte-identical to one written in a single ordered pass.
+  the global ``index`` / ``task_index`` columns canonical in episode order, so a resumed or
+  out-of-order dataset ends up with parquet and meta files byte-identical to a single ordered pass.
 
 Episodes may be written in any order (parallel workers finish in any order); the writer itself is
 meant to be used from one process.

@@ -83,11 +83,21 @@ def quantiles(x: np.ndarray, qs: Iterable[float] = (Q_LOW, Q_HIGH)) -> list[list
 
 
 def image_stats(frames: np.ndarray) -> RunningStats:
-    """Per-channel stats of uint8 frames (T, H, W, 3) scaled to [0, 1], as LeRobot computes for videos."""
-    s = RunningStats(frames.shape[-1])
-    s.update(frames.reshape(-1, frames.shape[-1]).astype(np.float32) / 255.0)
-    s.m2 *= frames.shape[0] / max(s.count, 1)  # LeRobot counts frames, not pixels
+    """Per-channel stats of uint8 frames (T, H, W, C) scaled to [0, 1], as LeRobot computes for videos.
+
+    Exact, from per-channel histograms (fast for uint8). ``count`` is the number of frames, as in LeRobot.
+    """
+    values = np.arange(256, dtype=np.float64) / 255.0
+    channels = frames.shape[-1]
+    s = RunningStats(channels)
     s.count = int(frames.shape[0])
+    for c in range(channels):
+        hist = np.bincount(frames[..., c].ravel(), minlength=256).astype(np.float64)
+        p = hist / hist.sum()
+        nonzero = np.flatnonzero(hist)
+        s.mean[c] = p @ values
+        s.m2[c] = (p @ (values - s.mean[c]) ** 2) * s.count  # m2 / count = per-pixel variance
+        s.min[c], s.max[c] = values[nonzero[0]], values[nonzero[-1]]
     return s
 
 
