@@ -12,21 +12,16 @@ from pathlib import Path
 import numpy as np
 
 
-def upscale(img: np.ndarray, factor: int) -> np.ndarray:
-    return np.repeat(np.repeat(img, factor, axis=-3), factor, axis=-2)
-
-
 def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task: str | None = None,
              scale: int = 4) -> dict:
     """Run the demo and return its summary (also written to ``out/summary.json``)."""
     import gymnasium as gym
-    from PIL import Image
     from rich.console import Console
     from rich.table import Table
 
     import persistworld_env  # noqa: F401  (registers the environments)
     from persistworld_env.constants import CAMERAS
-    from persistworld_env.data.video import encode_video
+    from persistworld_env.visualization import contact_sheet, write_video
     from persistworld_env.sim.env import tile_cameras
     from persistworld_env.sim.recording import action_chunks, record_episode
     from persistworld_env.sim.simulator import MiniDROIDSimulator
@@ -56,11 +51,8 @@ def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task:
                 break
     finally:
         env.close()
-    video = np.stack([upscale(f, scale) for f in frames])
-    encode_video(video, out / "demo.mp4", fps=5, pix_fmt="yuv420p", crf=18)
-    sheet_idx = np.linspace(0, len(frames) - 1, min(8, len(frames))).astype(int)
-    sheet = np.concatenate([upscale(frames[i], 2) for i in sheet_idx], axis=0)
-    Image.fromarray(sheet).save(out / "contact_sheet.png")
+    write_video(np.stack(frames), out / "demo.mp4", fps=5, scale=scale)
+    contact_sheet(np.stack(frames), out / "contact_sheet.png")
     summary = {"instruction": info["instruction"], "steps": len(step_times), "success_step": success_step,
                "mean_step_seconds": float(np.mean(step_times)), "video": str(out / "demo.mp4"),
                "contact_sheet": str(out / "contact_sheet.png"), "cameras": list(CAMERAS)}

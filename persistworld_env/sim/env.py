@@ -11,6 +11,7 @@ import numpy as np
 from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH, FRAME_STRIDE, FRAMES_PER_STEP, MODEL_FPS
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.sim.simulator import MiniDROIDSimulator
+from persistworld_env.visualization import tile_views
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
 
 
@@ -22,7 +23,7 @@ def default_pose_normalizer() -> PoseNormalizer:
 
 def tile_cameras(frames: dict[str, np.ndarray]) -> np.ndarray:
     """Tile one (H, W, 3) image per camera side by side, in ``CAMERAS`` order."""
-    return np.concatenate([frames[c] for c in CAMERAS], axis=1)
+    return tile_views(np.stack([frames[c] for c in CAMERAS]))
 
 
 class MiniDROIDSimEnv(gym.Env):

@@ -1,0 +1,58 @@
+"""Image fidelity metrics on uint8 frames (DESIGN.md section 6): PSNR (data range 1) and SSIM.
+
+SSIM follows Wang et al. (2004): Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, computed per
+colour channel over the valid region and averaged; it equals scikit-image's ``structural_similarity``
+with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1``.
+Both functions reduce the last three axes (H, W, 3) and keep any leading ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_C1, _C2 = 0.01**2, 0.03**2
+
+
+def _to_unit_float(images) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {x.dtype}")
+    return x.double() / 255.0
+
+
+def psnr(pred, target) -> np.ndarray:
+    """PSNR in dB of uint8 images (..., H, W, 3) with data range 1; identical images give inf."""
+    p, t = _to_unit_float(pred), _to_unit_float(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch {tuple(p.shape)} vs {tuple(t.shape)}")
+    mse = ((p - t) ** 2).flatten(-3).mean(-1)
+    return (10 * torch.log10(1.0 / mse)).numpy()
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(pred, target) -> np.ndarray:
+    """Mean SSIM of uint8 images (..., H, W, 3) (see module docstring)."""
+    p, t = _to_unit_float(pred), _to_unit_float(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch {tuple(p.shape)} vs {tuple(t.shape)}")
+    lead, (h, w) = p.shape[:-3], p.shape[-3:-1]
+    if min(h, w) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11, got {h}x{w}")
+    x = p.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    y = t.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+    g = _gaussian_window()
+
+    def blur(z):
+        return F.conv2d(F.conv2d(z, g.reshape(1, 1, 1, -1)), g.reshape(1, 1, -1, 1))
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + _C1) * (2 * cxy + _C2)) / ((mx**2 + my**2 + _C1) * (vx + vy + _C2))
+    per_channel = s.flatten(1).mean(1).reshape(-1, 3)
+    return per_channel.mean(1).reshape(lead).numpy()

@@ -1,0 +1,173 @@
+"""``WorldModel``: autoencoder + denoiser + pose normalisation + sampling defaults, saved as one directory.
+
+Directory layout (``save_pretrained`` / ``from_pretrained``)::
+
+    config.json                 scale, image size, cameras, denoiser / sampler configs, history offsets
+    normalization.json          pose bounds (1st / 99th percentiles of the training data)
+    denoiser.safetensors        UNet + action encoder + instruction embedding
+    autoencoder/                a diffusers autoencoder directory (config.json + safetensors)
+    README.md                   model card: data, command, steps, metrics
+
+``WorldModel.from_pretrained("default")`` loads the model embedded in the package.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from persistworld_env.data.stats import PoseNormalizer
+from persistworld_env.models.autoencoder import ModelLoadError, build_autoencoder, load_autoencoder
+from persistworld_env.models.clip_sampler import SamplerConfig
+from persistworld_env.models.denoiser import DENOISER_SCALES, DenoiserConfig, WorldModelDenoiser
+from persistworld_env.models.image_codec import LatentCodec
+
+CONFIG_FILE = "config.json"
+NORMALIZATION_FILE = "normalization.json"
+DENOISER_FILE = "denoiser.safetensors"
+AUTOENCODER_DIR = "autoencoder"
+MODEL_CARD = "README.md"
+#: Names resolved to model directories shipped inside the package.
+EMBEDDED_MODELS = {"default": "default_model"}
+
+
+@dataclass
+class WorldModelConfig:
+    """Everything but the weights."""
+
+    scale: str = "default"
+    height: int = DEFAULT_HEIGHT
+    width: int = DEFAULT_WIDTH
+    cameras: tuple[str, ...] = CAMERAS
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    #: Memory read at every step: entries of the history buffer (one per step, the last is the current
+    #: frame; 0 is the real first frame). Default = training's spacing of one step (4 frames at 5 Hz).
+    history_offsets: tuple[int, ...] = (-7, -6, -5, -4, -3, -2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cameras"], d["history_offsets"] = list(self.cameras), list(self.history_offsets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+        d = dict(d)
+        d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"])
+        d["sampler"] = SamplerConfig(**d["sampler"])
+        d["cameras"], d["history_offsets"] = tuple(d["cameras"]), tuple(d["history_offsets"])
+        return cls(**d)
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Folder of a model shipped in the package (``"default"``)."""
+    return Path(str(resources.files("persistworld_env").joinpath("assets", EMBEDDED_MODELS[name])))
+
+
+class WorldModel(nn.Module):
+    """The action-conditioned multi-view video world model."""
+
+    def __init__(self, config: WorldModelConfig, autoencoder: nn.Module, normalizer: PoseNormalizer,
+                 denoiser: WorldModelDenoiser | None = None, model_card: str = "") -> None:
+        super().__init__()
+        if any(o > 0 for o in config.history_offsets) or len(config.history_offsets) != config.denoiser.num_history:
+            raise ValueError(f"history_offsets must be {config.denoiser.num_history} offsets <= 0, "
+                             f"got {config.history_offsets}")
+        self.config = config
+        self.autoencoder = autoencoder
+        self.codec = LatentCodec(autoencoder)
+        if self.codec.latent_channels != config.denoiser.latent_channels:
+            raise ValueError(f"autoencoder has {self.codec.latent_channels} latent channels, "
+                             f"denoiser expects {config.denoiser.latent_channels}")
+        self.denoiser = denoiser or WorldModelDenoiser(config.denoiser)
+        self.normalizer = normalizer
+        self.model_card = model_card
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, scale: str, normalizer: PoseNormalizer, height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH,
+              autoencoder: nn.Module | None = None, denoiser_overrides: dict[str, Any] | None = None,
+              **config_overrides: Any) -> "WorldModel":
+        """A randomly initialised model of ``scale`` (``tiny``, ``default``, ``ctrl-world``).
+
+        Pass a trained ``autoencoder`` to train only the denoiser on top of it; ``denoiser_overrides``
+        change architecture fields (e.g. a reduced-width ``ctrl-world`` for tests).
+        """
+        if scale not in DENOISER_SCALES:
+            raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(DENOISER_SCALES)}")
+        autoencoder = autoencoder if autoencoder is not None else build_autoencoder(scale)
+        channels = autoencoder.config.latent_channels
+        denoiser_cfg = DenoiserConfig.from_dict({**DENOISER_SCALES[scale].to_dict(), **(denoiser_overrides or {}),
+                                                 "latent_channels": channels})
+        config = WorldModelConfig(scale=scale, height=height, width=width, denoiser=denoiser_cfg, **config_overrides)
+        return cls(config, autoencoder, normalizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    # -- save / load ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, model_card: str | None = None) -> Path:
+        """Write the model directory (see module docstring); files are replaced atomically one by one."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_text(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
+        _write_text(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
+        tmp = directory / (DENOISER_FILE + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}, str(tmp))
+        os.replace(tmp, directory / DENOISER_FILE)
+        self.autoencoder.save_pretrained(str(directory / AUTOENCODER_DIR))
+        card = model_card if model_card is not None else self.model_card
+        _write_text(directory / MODEL_CARD, card or f"# PersistWorld world model ({self.config.scale})\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike, device: torch.device | str = "cpu") -> "WorldModel":
+        """Load a model directory, or an embedded model by name (``"default"``)."""
+        if str(path_or_name) in EMBEDDED_MODELS:
+            directory = embedded_model_dir(str(path_or_name))
+            if not (directory / CONFIG_FILE).is_file():
+                raise ModelLoadError(f"the embedded '{path_or_name}' model is missing from this installation "
+                                     f"(expected at {directory}); reinstall the package or pass a model directory")
+        else:
+            directory = Path(path_or_name)
+        for name in (CONFIG_FILE, NORMALIZATION_FILE, DENOISER_FILE):
+            if not (directory / name).is_file():
+                raise ModelLoadError(f"not a PersistWorld model directory: missing {directory / name}")
+        config = WorldModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
+        normalizer = PoseNormalizer.from_dict(_read_json(directory / NORMALIZATION_FILE))
+        autoencoder = load_autoencoder(directory / AUTOENCODER_DIR)
+        model = cls(config, autoencoder, normalizer)
+        weights = directory / DENOISER_FILE
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types on truncation
+            raise ModelLoadError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
+        try:
+            model.denoiser.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_FILE}: {e}") from e
+        card = directory / MODEL_CARD
+        model.model_card = card.read_text() if card.is_file() else ""
+        return model.to(device).eval()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e

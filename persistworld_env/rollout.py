@@ -1,0 +1,162 @@
+"""The autoregressive rollout engine, written once for the environment, the post-training and the evaluation.
+
+A batch of B independent rollouts. Each keeps a history buffer of latents and poses, one entry per
+step: the first entry is the real first observation, and after every step only the last new frame is
+appended. A step reads the 6 history entries at fixed sparse offsets, conditions on the current frame
+(the last entry) and on 11 pose tokens (history poses, current pose, the 4 commanded poses), samples the
+5-frame clip (frame 0 re-predicts the current frame), and returns its 4 new frames. Only the first
+entry and the most recent ``max(-offset)`` entries are stored, so a step's cost and memory do not
+grow with episode length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from persistworld_env.constants import FRAMES_PER_STEP, POSE_DIM
+from persistworld_env.models.clip_sampler import SamplerConfig, sample_clip
+from persistworld_env.models.world_model import WorldModel
+
+
+@dataclass
+class StepOutput:
+    """The 4 new frames of every rollout: scaled latents and decoded uint8 images (CPU)."""
+
+    latents: torch.Tensor  # (B, 4, C, V*h, w)
+    frames: np.ndarray  # (B, 4, V, H, W, 3) uint8
+
+
+class _History:
+    """One rollout's buffer: the first entry plus a window of the most recent ones."""
+
+    def __init__(self, latent: torch.Tensor, pose: torch.Tensor, window: int) -> None:
+        self.first = (latent, pose)
+        self.recent: list[tuple[torch.Tensor, torch.Tensor]] = [(latent, pose)]
+        self.length = 1
+        self.window = window
+
+    def append(self, latent: torch.Tensor, pose: torch.Tensor) -> None:
+        self.recent.append((latent, pose))
+        self.length += 1
+        if len(self.recent) > self.window:
+            self.recent.pop(0)
+
+    def read(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entry ``length + offset`` (offset < 0), or the first entry (offset 0), clamped at the start."""
+        index = 0 if offset == 0 else max(0, self.length + offset)
+        if index == 0:
+            return self.first
+        return self.recent[index - (self.length - len(self.recent))]
+
+
+class RolloutEngine:
+    """Batched autoregressive rollouts of a :class:`WorldModel` (no gradients).
+
+    Args:
+        model: the world model (its device is used).
+        sampler: sampling settings; the model's defaults when None.
+    """
+
+    def __init__(self, model: WorldModel, sampler: SamplerConfig | None = None) -> None:
+        self.model = model
+        self.sampler = sampler or model.config.sampler
+        self.offsets = tuple(model.config.history_offsets)
+        self._window = max([1] + [-o + 1 for o in self.offsets if o < 0])
+        self._histories: list[_History | None] = []
+        self._instructions: list[str | None] = []
+        self._generators: list[torch.Generator] = []
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._histories)
+
+    def with_sampler(self, **changes) -> "RolloutEngine":
+        """Change sampling settings (steps, guidance, ...) in place; returns self."""
+        self.sampler = replace(self.sampler, **changes)
+        return self
+
+    # -- reset ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, frames: np.ndarray, poses: np.ndarray, instructions: Sequence[str | None] | None = None,
+              seeds: Sequence[int] | None = None) -> None:
+        """Start B rollouts from real first observations.
+
+        Args:
+            frames: uint8 (B, V, H, W, 3), cameras in the model's order.
+            poses: raw 7-D poses (B, 7) of those observations.
+            instructions: optional task text per rollout.
+            seeds: sampling seed per rollout (reproducible noise); random when None.
+        """
+        b = _check_frames(frames, self.model)
+        self._histories = [None] * b
+        self._instructions = [None] * b
+        self._generators = [torch.Generator(device="cpu") for _ in range(b)]
+        self.reset_slots(range(b), frames, poses, instructions, seeds)
+
+    @torch.no_grad()
+    def reset_slots(self, slots: Sequence[int], frames: np.ndarray, poses: np.ndarray,
+                    instructions: Sequence[str | None] | None = None, seeds: Sequence[int] | None = None) -> None:
+        """Restart the rollouts in ``slots`` in place (the others keep going)."""
+        slots = list(slots)
+        if _check_frames(frames, self.model) != len(slots):
+            raise ValueError(f"got frames for {frames.shape[0]} rollouts but {len(slots)} slots")
+        poses = _check_poses(poses, (len(slots), POSE_DIM), "poses")
+        latents = self.model.codec.encode_views(frames[:, None]).to(self.model.device)[:, 0]  # (n, C, Vh, w)
+        normalized = self.model.normalizer.normalize(torch.as_tensor(poses, dtype=torch.float32))
+        for i, slot in enumerate(slots):
+            self._histories[slot] = _History(latents[i], normalized[i].to(self.model.device), self._window)
+            self._instructions[slot] = instructions[i] if instructions is not None else None
+            seed = int(seeds[i]) if seeds is not None else int(torch.randint(2**62, (1,)).item())
+            self._generators[slot].manual_seed(seed)
+
+    # -- step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, poses: np.ndarray) -> StepOutput:
+        """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames."""
+        if not self._histories:
+            raise RuntimeError("RolloutEngine.reset() must be called before step()")
+        b = self.batch_size
+        poses = _check_poses(poses, (b, FRAMES_PER_STEP, POSE_DIM), "poses")
+        model, dev = self.model, self.model.device
+        new_poses = model.normalizer.normalize(torch.as_tensor(poses, dtype=torch.float32)).to(dev)
+        history, history_poses, current, current_pose = [], [], [], []
+        for h in self._histories:
+            entries = [h.read(o) for o in self.offsets]
+            history.append(torch.stack([e[0] for e in entries]))
+            history_poses.append(torch.stack([e[1] for e in entries]))
+            current.append(h.recent[-1][0])
+            current_pose.append(h.recent[-1][1])
+        history, current = torch.stack(history), torch.stack(current)
+        token_poses = torch.cat([torch.stack(history_poses), torch.stack(current_pose)[:, None], new_poses], dim=1)
+        instructions = self._instructions if any(s is not None for s in self._instructions) else None
+        if instructions is not None:
+            instructions = [s or "" for s in instructions]
+        tokens = model.denoiser.tokens(token_poses, instructions)
+        clip = sample_clip(model.denoiser, history, current, tokens, self.sampler, self._generators)
+        new = clip[:, 1:]
+        for i, h in enumerate(self._histories):
+            h.append(new[i, -1], new_poses[i, -1])
+        frames = model.codec.decode_views(new, num_views=len(model.config.cameras)).numpy()
+        return StepOutput(latents=new, frames=frames)
+
+
+def _check_frames(frames: np.ndarray, model: WorldModel) -> int:
+    cfg = model.config
+    expected = (len(cfg.cameras), cfg.height, cfg.width, 3)
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[1:] != expected:
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"frames must be uint8 (B, {', '.join(map(str, expected))}), got "
+                         f"{getattr(frames, 'dtype', type(frames).__name__)} {shape}")
+    return frames.shape[0]
+
+
+def _check_poses(poses, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.asarray(poses, dtype=np.float32)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contain NaN or inf")
+    return arr

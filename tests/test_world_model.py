@@ -1,0 +1,215 @@
+"""World model: denoiser routing, objective, sampler, rollout engine, save/load, Ctrl-World checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from persistworld_env.data.stats import PoseNormalizer
+from persistworld_env.models.autoencoder import ModelLoadError, build_autoencoder
+from persistworld_env.models.clip_sampler import SamplerConfig, sample_clip
+from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ctrl_world_state_dict
+from persistworld_env.models.denoiser import FrameTokenAttnProcessor
+from persistworld_env.models.objective import edm_loss
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.rollout import RolloutEngine, _History
+
+H, W = 24, 40
+
+
+@pytest.fixture(scope="module")
+def normalizer():
+    return PoseNormalizer(low=np.array([0.3, -0.3, 0.0, -0.1, -0.1, -1.0, 0.0]),
+                          high=np.array([0.7, 0.3, 0.4, 0.1, 0.1, 1.0, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def model(normalizer):
+    torch.manual_seed(0)
+    return WorldModel.build("tiny", normalizer, height=H, width=W).eval()
+
+
+def _start(model, b=2, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (b, 3, H, W, 3), dtype=np.uint8)
+    poses = np.tile(model.normalizer.denormalize(np.zeros(7)), (b, 1)).astype(np.float32)
+    return frames, poses
+
+
+def test_per_frame_token_processor_matches_manual_attention():
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4)
+    b, f, n = 2, 3, 5
+    hidden = torch.randn(b * f, n, 8)
+    tokens = torch.randn(b, f, 6).repeat_interleave(f, dim=0)  # what the UNet passes: (B*F, F, d)
+    attn.set_processor(FrameTokenAttnProcessor("per_frame"))
+    out = attn(hidden, encoder_hidden_states=tokens)
+    rows = torch.arange(b * f)
+    expected_ctx = tokens[rows, rows % f][:, None]  # row b*F + f sees token f only
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    attn.set_processor(AttnProcessor2_0())
+    torch.testing.assert_close(out, attn(hidden, encoder_hidden_states=expected_ctx))
+    attn.set_processor(FrameTokenAttnProcessor("first"))
+    torch.testing.assert_close(attn(hidden, encoder_hidden_states=tokens),
+                               AttnProcessor2_0()(attn, hidden, tokens[:, :1]))
+
+
+def test_history_buffer_reads_sparse_offsets_and_stays_bounded():
+    h = _History(torch.tensor(0), torch.tensor(0), window=8)
+    offsets = (-7, -6, -5, -4, -3, -2)
+    assert [int(h.read(o)[0]) for o in offsets] == [0] * 6  # clamped to the first frame
+    for i in range(1, 30):
+        h.append(torch.tensor(i), torch.tensor(i))
+    # length 30: entries 23..28; current = 29; offset 0 is the real first frame
+    assert [int(h.read(o)[0]) for o in offsets] == [23, 24, 25, 26, 27, 28]
+    assert int(h.read(0)[0]) == 0 and int(h.recent[-1][0]) == 29
+    assert len(h.recent) == 8
+
+
+def test_edm_loss_decreases_when_overfitting(model):
+    torch.manual_seed(0)
+    latents = torch.randn(2, 11, 4, 9, 5)
+    poses = torch.rand(2, 11, 7) * 2 - 1
+    den = WorldModel.build("tiny", model.normalizer, height=H, width=W).denoiser.train()
+    opt = torch.optim.Adam(den.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        g = torch.Generator().manual_seed(step % 3)
+        loss = edm_loss(den, latents, poses, ["pick up the red cube"] * 2, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_cfg_scale_one_equals_conditional_branch(model):
+    torch.manual_seed(0)
+    hist, cur = torch.randn(1, 6, 4, 9, 5), torch.randn(1, 4, 9, 5)
+    tokens = model.denoiser.tokens(torch.rand(1, 11, 7) * 2 - 1)
+    plain = sample_clip(model.denoiser, hist, cur, tokens, SamplerConfig(steps=3, guidance=1.0),
+                        [torch.Generator().manual_seed(1)])
+    batched = sample_clip(model.denoiser, hist, cur, tokens, SamplerConfig(steps=3, guidance=1.0 + 1e-7),
+                          [torch.Generator().manual_seed(1)])
+    torch.testing.assert_close(plain, batched, atol=1e-4, rtol=1e-4)
+    guided = sample_clip(model.denoiser, hist, cur, tokens, SamplerConfig(steps=3, guidance=3.0),
+                         [torch.Generator().manual_seed(1)])
+    assert not torch.allclose(plain, guided)
+
+
+def test_same_seed_same_rollout_and_batch_independence(model):
+    frames, poses = _start(model)
+    actions = np.tile(poses[:, None], (1, 4, 1))
+    runs = []
+    for _ in range(2):
+        eng = RolloutEngine(model)
+        eng.reset(frames, poses, ["pick up the red cube", None], seeds=[7, 8])
+        runs.append([eng.step(actions).frames for _ in range(3)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    solo = RolloutEngine(model)  # rollout 0 alone gives the same frames as inside the batch
+    solo.reset(frames[:1], poses[:1], ["pick up the red cube"], seeds=[7])
+    np.testing.assert_allclose(solo.step(actions[:1]).frames[0].astype(int), runs[0][0][0].astype(int), atol=1)
+    other = RolloutEngine(model)
+    other.reset(frames, poses, seeds=[9, 10])
+    assert not np.array_equal(other.step(actions).frames, runs[0][0])
+
+
+def test_rollout_output_shapes_and_reset_slots(model):
+    frames, poses = _start(model, b=3)
+    eng = RolloutEngine(model)
+    eng.reset(frames, poses, seeds=[0, 1, 2])
+    out = eng.step(np.tile(poses[:, None], (1, 4, 1)))
+    assert out.frames.shape == (3, 4, 3, H, W, 3) and out.frames.dtype == np.uint8
+    assert out.latents.shape == (3, 4, 4, 9, 5)
+    eng.reset_slots([1], frames[1:2], poses[1:2], seeds=[5])
+    assert eng._histories[1].length == 1 and eng._histories[0].length == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda f, p: (f[..., :2], p), "frames must be uint8"),
+    (lambda f, p: (f.astype(np.float32), p), "frames must be uint8"),
+    (lambda f, p: (f, p[:, :6]), "shape"),
+    (lambda f, p: (f, np.full_like(p, np.nan)), "NaN"),
+])
+def test_rollout_rejects_bad_inputs(model, bad, match):
+    frames, poses = _start(model)
+    with pytest.raises(ValueError, match=match):
+        RolloutEngine(model).reset(*bad(frames, poses))
+
+
+def test_step_rejects_bad_poses_and_needs_reset(model):
+    eng = RolloutEngine(model)
+    with pytest.raises(RuntimeError, match="reset"):
+        eng.step(np.zeros((1, 4, 7)))
+    frames, poses = _start(model)
+    eng.reset(frames, poses, seeds=[0, 1])
+    with pytest.raises(ValueError, match="shape"):
+        eng.step(np.zeros((2, 3, 7)))
+    bad = np.tile(poses[:, None], (1, 4, 1))
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        eng.step(bad)
+    assert eng._histories[0].length == 1  # nothing appended by the rejected steps
+
+
+def test_save_load_gives_identical_outputs(model, tmp_path):
+    model.save_pretrained(tmp_path / "m", model_card="# test card\n")
+    loaded = WorldModel.from_pretrained(tmp_path / "m")
+    assert loaded.model_card.startswith("# test card")
+    assert loaded.config == model.config
+    frames, poses = _start(model)
+    outs = []
+    for m in (model, loaded):
+        eng = RolloutEngine(m)
+        eng.reset(frames, poses, ["push the blue cup to the left"] * 2, seeds=[3, 4])
+        outs.append(eng.step(np.tile(poses[:, None], (1, 4, 1))).latents)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_corrupt_or_missing_model_directory(model, tmp_path):
+    with pytest.raises(ModelLoadError, match="missing"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")
+    d = model.save_pretrained(tmp_path / "m")
+    weights = d / "denoiser.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="denoiser.safetensors"):
+        WorldModel.from_pretrained(d)
+
+
+def test_ctrl_world_key_layout_round_trip(normalizer, tmp_path):
+    """A reduced-width model of the ctrl-world structure, saved as Ctrl-World saves, loads back exactly."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    small = dict(block_out_channels=(32, 32, 32, 32), num_attention_heads=(2, 2, 2, 2), token_dim=32,
+                 addition_time_embed_dim=8, layers_per_block=1)
+    vae = lambda: AutoencoderKLTemporalDecoder(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                                                layers_per_block=1, latent_channels=4)  # noqa: E731
+    torch.manual_seed(0)
+    src = WorldModel.build("ctrl-world", normalizer, height=16, width=16, autoencoder=vae(), denoiser_overrides=small)
+    state = to_ctrl_world_state_dict(src)
+    assert any(k.startswith("unet.down_blocks.") for k in state)
+    assert {"action_encoder.action_encode.0.weight", "action_encoder.action_encode.4.bias"} <= set(state)
+    assert any(k.startswith("vae.encoder.") for k in state)
+    state["text_encoder.text_model.embeddings.position_ids"] = torch.arange(4)  # CLIP keys are skipped
+    torch.save(state, tmp_path / "checkpoint-10.pt")
+    torch.manual_seed(1)
+    dst = WorldModel.build("ctrl-world", normalizer, height=16, width=16, autoencoder=vae(), denoiser_overrides=small)
+    report = load_ctrl_world_checkpoint(dst, tmp_path / "checkpoint-10.pt")
+    assert report.unused == ["text_encoder.text_model.embeddings.position_ids"]
+    for (k1, v1), (k2, v2) in zip(src.state_dict().items(), dst.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    truncated = tmp_path / "checkpoint-bad.pt"
+    truncated.write_bytes((tmp_path / "checkpoint-10.pt").read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="checkpoint-bad.pt"):
+        load_ctrl_world_checkpoint(dst, truncated)
+    del state["unet.conv_in.weight"]
+    with pytest.raises(ModelLoadError, match="unet"):
+        load_ctrl_world_checkpoint(dst, state)
+
+
+def test_autoencoder_channel_mismatch_is_an_error(normalizer):
+    from persistworld_env.models.world_model import WorldModelConfig
+    with pytest.raises(ValueError, match="latent channels"):
+        WorldModel(WorldModelConfig(scale="tiny"), build_autoencoder("tiny", latent_channels=8), normalizer)

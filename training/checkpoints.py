@@ -1,0 +1,65 @@
+"""Training checkpoints shared by every trainer: atomic, complete (accelerate state + trainer JSON), resumable.
+
+A checkpoint is ``<out>/checkpoints/checkpoint-<step:08d>/``: ``accelerator.save_state`` (models,
+optimizers, schedulers, RNG states and every object registered with ``register_for_checkpointing``)
+plus ``trainer_state.json`` (step and the run's config). It is written under a ``.tmp`` name and
+renamed when complete, so an interrupted save never replaces a good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder in ``out_dir/checkpoints`` (None if there is none)."""
+    folder = Path(out_dir) / "checkpoints"
+    done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+                  if p.is_dir() and ".tmp" not in p.name and (p / TRAINER_STATE).is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, out_dir: str | os.PathLike, step: int, trainer_state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Atomically write ``checkpoints/checkpoint-<step>`` and prune all but the ``keep`` newest.
+
+    Every process must call it (accelerate saves sharded state collectively).
+    """
+    folder = Path(out_dir) / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = folder / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if ".tmp" not in p.name)
+        for old in done[:-max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_checkpoint(accelerator, checkpoint: Path) -> dict[str, Any]:
+    """Load an accelerate state saved by :func:`save_checkpoint`; returns its trainer state (with ``step``)."""
+    accelerator.load_state(str(checkpoint))
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def check_resume(out_dir: str | os.PathLike, resume: bool) -> Path | None:
+    """The checkpoint to resume from; refuse to silently overwrite a run that has checkpoints."""
+    found = latest_checkpoint(out_dir)
+    if found is not None and not resume:
+        raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue, or another --out")
+    return found if resume else None

@@ -1,0 +1,274 @@
+"""``persistworld pretrain``: teacher-forced EDM pretraining of the world model's denoiser.
+
+Built on accelerate: the same command runs on one CPU process or under ``accelerate launch`` on many
+GPUs (batches sharded by process, gradients synchronised, one process logs and writes). The
+autoencoder is frozen (train it first with ``persistworld train-vae``). Exact resume: the batch drawn
+at step s depends only on (seed, step, process), and checkpoints hold the denoiser, its EMA, the
+optimizer, the LR schedule and every RNG state.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from training.checkpoints import check_resume, resume_checkpoint, save_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pretraining run (stored in every checkpoint and the model card)."""
+
+    data_dir: str
+    out_dir: str
+    autoencoder: str | None = None  # trained autoencoder directory; None = random (tests only)
+    scale: str = "default"
+    steps: int = 20_000
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (GPU)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 1000
+    eval_samples: int = 16
+    log_every: int = 10
+    val_mod: int = 100
+    val_rem: int = 99
+    val_episodes: tuple[int, ...] | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    cache_dir: str | None = None
+    resume: bool = False
+    command: str = ""
+
+
+def _step_rng(config: PretrainConfig, step: int, process: int, stream: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([config.seed, step, process, stream])
+
+
+def batch_indices(config: PretrainConfig, step: int, process: int, dataset_size: int) -> list[int]:
+    """Sample indices of the batch at ``step`` on ``process`` (with replacement; deterministic)."""
+    rng = np.random.default_rng(_step_rng(config, step, process, 0))
+    return rng.integers(0, dataset_size, config.batch_size).tolist()
+
+
+def _batches(config: PretrainConfig, dataset, start: int, process: int) -> Iterator[dict[str, Any]]:
+    from persistworld_env.data.dataset import collate_samples
+
+    step = start
+    while True:
+        dataset.set_epoch(step * config.batch_size // max(1, len(dataset)))
+        yield collate_samples([dataset[i] for i in batch_indices(config, step, process, len(dataset))])
+        step += 1
+
+
+def _lr_factor(config: PretrainConfig):
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, config.warmup_steps))
+    return factor
+
+
+def _write_replay_video(model, dataset, path: Path, config: PretrainConfig) -> None:
+    """Replay the first validation episode (up to 14 steps) and write truth-over-model video."""
+    from persistworld_env.replay import load_replay_episode, max_replay_steps, rollout_replay
+    from persistworld_env.rollout import RolloutEngine
+    from persistworld_env.visualization import comparison_frames, write_video
+
+    episode = int(dataset.episodes[0])
+    steps = min(14, max_replay_steps(dataset.reader.length(episode)))
+    if steps < 1:
+        return
+    ep = load_replay_episode(dataset.reader, episode, steps)
+    generated = rollout_replay(RolloutEngine(model), [ep], steps, seeds=[config.seed])[0]
+    flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731  (steps, 4, ...) -> (frames, ...)
+    write_video(comparison_frames(flat(ep.frames), flat(generated)), path)
+
+
+def _model_card(config: PretrainConfig, summary: dict) -> str:
+    lines = [f"# PersistWorld world model ({config.scale})", "",
+             "Action-conditioned multi-view latent video diffusion model (Ctrl-World architecture), pretrained "
+             "teacher-forced with the EDM objective.", "",
+             f"- data: `{config.data_dir}` ({summary['train_episodes']} training episodes, "
+             f"{summary['val_episodes']} validation episodes)",
+             f"- autoencoder: `{config.autoencoder}`",
+             f"- command: `{config.command}`",
+             f"- steps: {summary['step']} (batch {config.batch_size} x {summary['processes']} processes), EMA "
+             f"decay {config.ema_decay}, weights: EMA",
+             "", "## Validation (one clip, real history, EMA weights)", "",
+             "| camera | PSNR | SSIM | repeat-frame PSNR | repeat-frame SSIM |", "|---|---|---|---|---|"]
+    for cam, m in summary.get("validation", {}).items():
+        lines.append(f"| {cam} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['baseline_psnr']:.2f} | "
+                     f"{m['baseline_ssim']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Train (or resume) per ``config``; writes ``out_dir/model`` and returns a summary."""
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from persistworld_env.data.dataset import WorldModelDataset
+    from persistworld_env.data.stats import PoseNormalizer
+    from persistworld_env.models.autoencoder import load_autoencoder
+    from persistworld_env.models.objective import edm_loss
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.quality import one_step_fidelity
+
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    out_dir = Path(config.out_dir)
+    resume_from = check_resume(out_dir, config.resume)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(config.seed)
+    normalizer = PoseNormalizer.from_dataset(config.data_dir)
+    split = dict(val_mod=config.val_mod, val_rem=config.val_rem, val_episodes=config.val_episodes,
+                 normalizer=normalizer, seed=config.seed, cache_dir=config.cache_dir)
+    train_set = WorldModelDataset(config.data_dir, "train", **split)
+    val_set = WorldModelDataset(config.data_dir, "val", **split)
+    if len(train_set) == 0:
+        raise ValueError(f"no training samples in {config.data_dir} (check the validation split settings)")
+    height, width = train_set.reader.image_shape(train_set.cameras[0])
+    autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
+    model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
+    model.autoencoder.requires_grad_(False).eval()
+    denoiser = model.denoiser
+    ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    denoiser, optimizer, scheduler = accelerator.prepare(denoiser, optimizer, scheduler)
+    model.autoencoder.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    ema.to(accelerator.device)
+    step, bad_steps = 0, 0
+    if resume_from is not None:
+        state = resume_checkpoint(accelerator, resume_from)
+        step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    writer = None
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "logs"))
+    raw = accelerator.unwrap_model(denoiser)
+    eval_idx = (np.linspace(0, len(val_set) - 1, min(config.eval_samples, len(val_set))).astype(int).tolist()
+                if len(val_set) else [])
+    validation: dict = {}
+
+    def evaluate(at_step: int) -> dict:
+        if not eval_idx or not accelerator.is_main_process:
+            return {}
+        ema.store(raw.parameters())
+        ema.copy_to(raw.parameters())
+        raw.eval()
+        result = one_step_fidelity(model, val_set, eval_idx, seed=config.seed)
+        _write_replay_video(model, val_set, out_dir / "samples" / f"replay-{at_step:08d}.mp4", config)
+        raw.train()
+        ema.restore(raw.parameters())
+        for cam, m in result.items():
+            for k, v in m.items():
+                writer.add_scalar(f"val/{k}/{cam}", v, at_step)
+        return result
+
+    batches = _batches(config, train_set, step, accelerator.process_index)
+    bar = tqdm(total=config.steps, initial=step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    denoiser.train()
+    while step < config.steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        with torch.no_grad():
+            latents = model.codec.encode_views(batch["video"].numpy()).to(accelerator.device)
+        gen = torch.Generator(device=accelerator.device).manual_seed(
+            int(_step_rng(config, step, accelerator.process_index, 1).generate_state(1)[0]))
+        with accelerator.autocast():
+            loss = edm_loss(denoiser, latents,
+                            batch["pose"].to(accelerator.device), batch["instruction"], generator=gen)
+        if not torch.isfinite(loss):
+            bad_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.print(f"step {step}: non-finite loss, skipped ({bad_steps} so far)")
+            step += 1
+            continue
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(raw.parameters())
+        step += 1
+        bar.update(1)
+        if writer is not None and step % config.log_every == 0:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("train/step_seconds", time.perf_counter() - t0, step)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.eval_every == 0 or step == config.steps:
+            validation = evaluate(step) or validation
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(accelerator, out_dir, step, {"bad_steps": bad_steps, "config": dataclasses.asdict(config)},
+                            keep=config.keep_checkpoints)
+    bar.close()
+    summary = {"step": step, "bad_steps": bad_steps, "processes": accelerator.num_processes,
+               "train_episodes": int(len(train_set.episodes)), "val_episodes": int(len(val_set.episodes)),
+               "validation": validation}
+    if accelerator.is_main_process:
+        ema.store(raw.parameters())
+        ema.copy_to(raw.parameters())
+        model.save_pretrained(out_dir / "model", model_card=_model_card(config, summary))
+        ema.restore(raw.parameters())
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        writer.close()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = PretrainConfig(data_dir="", out_dir="")
+    parser.add_argument("--data", required=True, help="LeRobot-layout dataset (e.g. from persistworld generate)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints/, logs/ (TensorBoard), model/")
+    parser.add_argument("--autoencoder", default=None, help="trained autoencoder directory (persistworld train-vae)")
+    parser.add_argument("--scale", default=d.scale, choices=["tiny", "default", "ctrl-world"])
+    for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
+                 "eval_samples", "log_every", "val_mod", "val_rem", "seed"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "grad_clip", "ema_decay"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cache-dir", default=None, help="decoded-frame cache folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    return PretrainConfig(
+        data_dir=args.data, out_dir=args.out, autoencoder=args.autoencoder, scale=args.scale, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
+        eval_samples=args.eval_samples, log_every=args.log_every, val_mod=args.val_mod, val_rem=args.val_rem,
+        val_episodes=tuple(args.val_episodes) if args.val_episodes else None, seed=args.seed,
+        num_threads=args.num_threads, cache_dir=args.cache_dir, resume=args.resume,
+        command="persistworld " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = pretrain(config_from_args(args))
+    print(json.dumps(summary, indent=2))
+    return 0
