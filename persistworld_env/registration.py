@@ -8,7 +8,13 @@ MAX_EPISODE_STEPS = 25
 
 
 def register_envs() -> None:
-    """Register ``MiniDROID-Sim-v0`` (idempotent)."""
+    """Register ``PersistWorld-DROID-v0`` and ``MiniDROID-Sim-v0`` (idempotent)."""
+    if "PersistWorld-DROID-v0" not in gym.registry:
+        gym.register(
+            id="PersistWorld-DROID-v0",
+            entry_point="persistworld_env.world_model_env:PersistWorldEnv",
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )
     if "MiniDROID-Sim-v0" not in gym.registry:
         gym.register(
             id="MiniDROID-Sim-v0",

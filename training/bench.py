@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -29,10 +31,79 @@ def bench_data(episodes: int, workers: int, data: str | None) -> dict:
     return figures
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process (MB), from /proc (Linux) or the peak from resource elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
+                  repeats: int = 5) -> dict:
+    """Env-step cost of the rollout engine: 4 new frames x 3 cameras per rollout at the model's default
+    sampling steps; throughput per batch size; step time and memory at step 5 vs step ``long_steps``."""
+    import numpy as np
+    import torch
+
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.rollout import RolloutEngine
+    from persistworld_env.sim.env import default_pose_normalizer
+
+    if model_path:
+        model = WorldModel.from_pretrained(model_path)
+        weights = model_path
+    else:  # the default architecture with random weights: speed does not depend on the weights
+        torch.manual_seed(0)
+        model = WorldModel.build("default", default_pose_normalizer()).eval()
+        weights = "random weights, default architecture"
+    cfg = model.config
+    pose = model.normalizer.denormalize(np.zeros(7, np.float32))
+
+    def engine(b: int) -> tuple[RolloutEngine, np.ndarray]:
+        eng = RolloutEngine(model)
+        frames = np.random.default_rng(0).integers(0, 256, (b, len(cfg.cameras), cfg.height, cfg.width, 3),
+                                                   dtype=np.uint8)
+        eng.reset(frames, np.tile(pose, (b, 1)), seeds=list(range(b)))
+        return eng, np.tile(pose, (b, 4, 1))
+
+    def timed(eng, actions, n) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            eng.step(actions)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    figures: dict = {"model": weights, "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
+                     "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
+                     "torch_threads": torch.get_num_threads()}
+    for b in batch_sizes:
+        eng, actions = engine(b)
+        eng.step(actions)  # warm-up
+        t = timed(eng, actions, repeats)
+        figures[f"batch{b}_step_seconds"] = round(t, 4)
+        figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
+    eng, actions = engine(1)
+    figures["step5_seconds"] = round(timed(eng, actions, 5), 4)  # median of steps 1..5
+    figures["step5_rss_mb"] = round(_rss_mb(), 1)
+    for _ in range(long_steps - 10):
+        eng.step(actions)
+    figures[f"step{long_steps}_seconds"] = round(timed(eng, actions, 5), 4)  # median of the last 5 steps
+    figures[f"step{long_steps}_rss_mb"] = round(_rss_mb(), 1)
+    figures["long_vs_short_time_ratio"] = round(figures[f"step{long_steps}_seconds"] / figures["step5_seconds"], 3)
+    return figures
+
+
 def run_benchmark(target: str, args: argparse.Namespace) -> dict:
-    if target != "data":
+    if target == "data":
+        figures = bench_data(args.episodes, args.workers, args.data)
+    elif target == "sampler":
+        figures = bench_sampler(args.model)
+    else:
         raise ValueError(f"unknown benchmark {target!r}")
-    figures = bench_data(args.episodes, args.workers, args.data)
     if not args.json:
         table = Table(title=f"persistworld bench {target}")
         table.add_column("figure")

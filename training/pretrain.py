@@ -52,6 +52,7 @@ class PretrainConfig:
     seed: int = 0
     num_threads: int | None = None
     cache_dir: str | None = None
+    latent_cache: bool = True  # encode each episode once with the frozen autoencoder
     resume: bool = False
     command: str = ""
 
@@ -74,6 +75,17 @@ def _batches(config: PretrainConfig, dataset, start: int, process: int) -> Itera
         dataset.set_epoch(step * config.batch_size // max(1, len(dataset)))
         yield collate_samples([dataset[i] for i in batch_indices(config, step, process, len(dataset))])
         step += 1
+
+
+def _weights_id(module: torch.nn.Module) -> str:
+    """Short hash of a module's weights (names the latent cache of a frozen encoder)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _lr_factor(config: PretrainConfig):
@@ -146,6 +158,9 @@ def pretrain(config: PretrainConfig) -> dict:
     autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
     model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
     model.autoencoder.requires_grad_(False).eval()
+    if config.latent_cache:
+        train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].numpy(),
+                              _weights_id(model.autoencoder), cache_dir=out_dir / "latent_cache")
     denoiser = model.denoiser
     ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -190,8 +205,11 @@ def pretrain(config: PretrainConfig) -> dict:
     while step < config.steps:
         t0 = time.perf_counter()
         batch = next(batches)
-        with torch.no_grad():
-            latents = model.codec.encode_views(batch["video"].numpy()).to(accelerator.device)
+        if "latents" in batch:
+            latents = batch["latents"].to(accelerator.device)
+        else:
+            with torch.no_grad():
+                latents = model.codec.encode_views(batch["video"].numpy()).to(accelerator.device)
         gen = torch.Generator(device=accelerator.device).manual_seed(
             int(_step_rng(config, step, accelerator.process_index, 1).generate_state(1)[0]))
         with accelerator.autocast():
@@ -252,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cache-dir", default=None, help="decoded-frame cache folder")
+    parser.add_argument("--no-latent-cache", dest="latent_cache", action="store_false",
+                        help="encode frames at every step instead of once per episode")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     return parser
 
@@ -264,7 +284,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
         eval_samples=args.eval_samples, log_every=args.log_every, val_mod=args.val_mod, val_rem=args.val_rem,
         val_episodes=tuple(args.val_episodes) if args.val_episodes else None, seed=args.seed,
-        num_threads=args.num_threads, cache_dir=args.cache_dir, resume=args.resume,
+        num_threads=args.num_threads, cache_dir=args.cache_dir, latent_cache=args.latent_cache, resume=args.resume,
         command="persistworld " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 

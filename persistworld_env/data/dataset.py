@@ -30,7 +30,8 @@ and runs. Call :meth:`WorldModelDataset.set_epoch` to vary it per epoch (non-per
 
 A sample (dict; default collation batches it):
 
-* ``video``: uint8 tensor (11, V, H, W, 3): 6 history frames then the 5-frame clip (clip[0] = current),
+* ``video``: uint8 tensor (11, V, H, W, 3): 6 history frames then the 5-frame clip (clip[0] = current)
+  (``latents`` (11, C, V*h, w) float32 instead, after :meth:`WorldModelDataset.use_latents`),
   cameras in ``cameras`` order;
 * ``pose``: float32 (11, 7) normalised to [-1, 1] (:class:`PoseNormalizer`); ``pose_raw``: float32 (11, 7);
 * ``frame_indices``: int64 (11,) data ticks (15 Hz) of the 11 frames;
@@ -157,6 +158,16 @@ class WorldModelDataset(Dataset):
         self.frames = FrameCache(self.reader, step=self.sampling.tick_grid, cache_dir=cache_dir,
                                  max_in_memory=max_episodes_in_memory)
         self._poses: LRU[np.ndarray] = LRU(4096)
+        self.latents = None  # set by use_latents()
+
+    def use_latents(self, encode, encoder_id: str, cache_dir: str | os.PathLike | None = None) -> None:
+        """Return precomputed ``latents`` (11, C, V*h, w) float32 instead of ``video`` in every sample.
+
+        ``encode`` maps uint8 frames (N, V, H, W, 3) to latents (N, C, V*h, w); see :class:`LatentCache`.
+        """
+        from persistworld_env.data.latent_cache import LatentCache
+
+        self.latents = LatentCache(self.frames, encode, encoder_id, cache_dir)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -184,10 +195,14 @@ class WorldModelDataset(Dataset):
         """The sample of an explicit (episode, current tick, skips) choice."""
         length = self.reader.length(episode_index)
         idx = self.sampling.frame_indices(current, length, future_skip, history_skip)
-        frames = self.frames.get(episode_index)
         pose_raw = self._poses.get_or_create(episode_index, lambda: self.reader.load_pose(episode_index))[idx]
+        rows = idx // self.sampling.tick_grid
+        if self.latents is not None:
+            visual = {"latents": torch.from_numpy(self.latents.get(episode_index)[rows].astype(np.float32))}
+        else:
+            visual = {"video": torch.from_numpy(np.ascontiguousarray(self.frames.get(episode_index)[rows]))}
         return {
-            "video": torch.from_numpy(np.ascontiguousarray(frames[idx // self.sampling.tick_grid])),
+            **visual,
             "pose": torch.from_numpy(np.asarray(self.normalizer.normalize(pose_raw), dtype=np.float32)),
             "pose_raw": torch.from_numpy(pose_raw.astype(np.float32)),
             "frame_indices": torch.from_numpy(idx),

@@ -98,9 +98,8 @@ class FrameCache:
     def _decode(self, ep: int) -> np.ndarray:
         return np.stack([self.reader.load_frames(ep, cam, step=self.step) for cam in self.reader.cameras], axis=1)
 
-    def cache_path(self, episode_index: int) -> Path:
-        """On-disk cache file of an episode (requires ``cache_dir``)."""
-        assert self.cache_dir is not None
+    def cache_key(self, episode_index: int) -> str:
+        """Name of an episode's decoded frames: changes when the dataset's videos change."""
         h = hashlib.sha1(f"{self.reader.root.resolve()}|{self.reader.cameras}|{self.step}".encode())
         for cam in self.reader.cameras:
             video = self.reader.video_path(episode_index, cam)
@@ -108,4 +107,9 @@ class FrameCache:
                 raise DatasetError(f"missing video file: {video}")
             st = video.stat()
             h.update(f"|{st.st_size}:{st.st_mtime_ns}".encode())
-        return self.cache_dir / f"episode_{episode_index:06d}-{h.hexdigest()[:16]}.npy"
+        return f"episode_{episode_index:06d}-{h.hexdigest()[:16]}"
+
+    def cache_path(self, episode_index: int) -> Path:
+        """On-disk cache file of an episode (requires ``cache_dir``)."""
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{self.cache_key(episode_index)}.npy"

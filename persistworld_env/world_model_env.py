@@ -1,0 +1,149 @@
+"""``PersistWorld-DROID-v0``: the learned world model as a Gymnasium environment.
+
+Spaces are those of ``MiniDROID-Sim-v0`` (:mod:`persistworld_env.spaces`), so a policy moves between the
+simulator and the model without change. Each step samples one clip with the rollout engine: 4 new
+frames per camera (0.8 s). With ``ground_truth="sim"`` the MiniDROID simulator is stepped with the same
+actions and ``info["fidelity"]`` reports per-camera PSNR/SSIM of the model against it: live drift.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from persistworld_env.constants import CAMERAS, MODEL_FPS
+from persistworld_env.initial_states import DatasetStarts, SimStarts, StartState, check_start
+from persistworld_env.metrics import psnr, ssim
+from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
+from persistworld_env.visualization import tile_views
+
+RewardFn = Callable[[dict, dict], float]
+
+
+class PersistWorldEnv(gym.Env):
+    """A world model stepped like a simulator.
+
+    Args:
+        model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
+        device: torch device of the model.
+        sampling_steps, guidance: override the model's sampling defaults.
+        reward: None (always 0) or a callable ``(obs, info) -> float``.
+        initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
+            (``reset(options={"episode": i})``).
+        task: MiniDROID task family for simulator starts (None: random).
+        ground_truth: None or ``"sim"`` (step MiniDROID alongside and report fidelity in ``info``).
+        render_mode: ``"rgb_array"`` or None.
+        timing_info: add the model's wall-clock ``step_seconds`` to ``info`` (off by default: it makes
+            ``info`` differ between otherwise identical runs); always in ``env.last_step_seconds``.
+
+    Reset options: ``{"episode": i}`` (dataset starts), ``{"task": name}`` (simulator starts), or
+    ``{"frames": (3, H, W, 3) uint8, "pose": (7,) raw pose, "instruction": str}`` (your own start).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": MODEL_FPS}
+
+    def __init__(self, model: Any = "default", device: str = "cpu", sampling_steps: int | None = None,
+                 guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
+                 task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
+                 timing_info: bool = False) -> None:
+        from persistworld_env.models.world_model import WorldModel
+        from persistworld_env.rollout import RolloutEngine
+
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if ground_truth not in (None, "sim"):
+            raise ValueError(f"ground_truth must be None or 'sim', got {ground_truth!r}")
+        if reward is not None and not callable(reward):
+            raise TypeError("reward must be None or a callable (obs, info) -> float")
+        self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+        cfg = self.model.config
+        self.engine = RolloutEngine(self.model)
+        changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
+        if changes:
+            self.engine.with_sampler(**changes)
+        self.height, self.width = cfg.height, cfg.width
+        self.observation_space = observation_space(cfg.height, cfg.width)
+        self.action_space = action_space()
+        self.render_mode, self.reward_fn, self.task = render_mode, reward, task
+        self.timing_info, self.last_step_seconds = timing_info, 0.0
+        self.starts = SimStarts(cfg.height, cfg.width) if initial_state == "sim" else DatasetStarts(
+            initial_state, cfg.height, cfg.width)
+        self.ground_truth = None
+        if ground_truth == "sim":
+            from persistworld_env.sim.env import MiniDROIDSimEnv
+            self.ground_truth = MiniDROIDSimEnv(cfg.height, cfg.width, pose_normalizer=self.model.normalizer,
+                                                terminate_on_success=False)
+        self._clip: np.ndarray | None = None  # (4, V, H, W, 3)
+        self._pose: np.ndarray | None = None  # raw (7,)
+        self._instruction = ""
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _observation(self) -> dict[str, np.ndarray]:
+        obs = {cam: self._clip[:, v].copy() for v, cam in enumerate(CAMERAS)}
+        obs[POSE_KEY] = np.asarray(self.model.normalizer.normalize(self._pose), dtype=np.float32)
+        return obs
+
+    def _start(self, seed: int, options: dict) -> StartState:
+        if "frames" in options or "pose" in options:
+            frames, pose = check_start(options.pop("frames", None), options.pop("pose", None), self.height, self.width)
+            return StartState(frames, pose, str(options.pop("instruction", "")), {"source": "user"})
+        if isinstance(self.starts, DatasetStarts):
+            if "episode" not in options:
+                raise ValueError("dataset starts need reset(options={'episode': i})")
+            return self.starts.get(int(options.pop("episode")))
+        if "episode" in options:
+            raise ValueError("options['episode'] needs a dataset: make the env with initial_state=<dataset path>")
+        return self.starts.get(seed, options.pop("task", self.task))
+
+    # -- gymnasium API -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        episode_seed = int(self.np_random.integers(2**31 - 1))
+        start = self._start(episode_seed, options)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; accepted: episode, task, frames, pose, "
+                             f"instruction")
+        self.engine.reset(start.frames[None], start.pose[None], [start.instruction] if start.instruction else None,
+                          seeds=[episode_seed])
+        self._clip = np.repeat(start.frames[None], 4, axis=0)
+        self._pose, self._instruction = start.pose.astype(np.float32), start.instruction
+        if self.ground_truth is not None:
+            if start.info.get("source") != "sim":
+                raise ValueError("ground_truth='sim' needs simulator starts (initial_state='sim')")
+            self.ground_truth.reset(seed=seed, options={"task": start.info["task"]})
+        return self._observation(), {"instruction": start.instruction, **start.info}
+
+    def step(self, action):
+        if self._clip is None:
+            raise RuntimeError("step() called before reset()")
+        normalized = validate_action(action)
+        poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
+        t0 = time.perf_counter()
+        out = self.engine.step(poses[None])
+        self.last_step_seconds = time.perf_counter() - t0
+        info: dict[str, Any] = {"instruction": self._instruction}
+        if self.timing_info:
+            info["step_seconds"] = self.last_step_seconds
+        self._clip, self._pose = out.frames[0], poses[-1]
+        obs = self._observation()
+        if self.ground_truth is not None:
+            truth, *_ = self.ground_truth.step(normalized)
+            truth = np.stack([truth[c] for c in CAMERAS], axis=1)
+            info["fidelity"] = {"psnr": dict(zip(CAMERAS, psnr(self._clip, truth).mean(0).tolist())),
+                                "ssim": dict(zip(CAMERAS, ssim(self._clip, truth).mean(0).tolist()))}
+        reward = float(self.reward_fn(obs, info)) if self.reward_fn is not None else 0.0
+        return obs, reward, False, False, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array" or self._clip is None:
+            return None
+        return tile_views(self._clip[-1])
+
+    def close(self) -> None:
+        if getattr(self, "starts", None) is not None:
+            self.starts.close()
+        if getattr(self, "ground_truth", None) is not None:
+            self.ground_truth.close()

@@ -1,0 +1,117 @@
+"""PersistWorld-DROID-v0 on a tiny model: Gymnasium conformance, determinism, starts, drift info, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
+
+import persistworld_env  # noqa: F401
+from persistworld_env.constants import CAMERAS
+from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.sim.env import default_pose_normalizer
+from persistworld_env.sim.generation import generate_dataset
+from persistworld_env.spaces import InvalidActionError
+from persistworld_env.world_model_env import PersistWorldEnv
+
+H, W = 24, 40
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W).save_pretrained(d)
+    return d
+
+
+@pytest.fixture()
+def env(model_dir):
+    e = PersistWorldEnv(model=str(model_dir), render_mode="rgb_array", sampling_steps=2)
+    yield e
+    e.close()
+
+
+def test_check_env(env):
+    check_env(env, skip_render_check=False)
+
+
+def test_gym_make_and_spaces_match_the_simulator(model_dir):
+    env = gym.make("PersistWorld-DROID-v0", model=str(model_dir), sampling_steps=2)
+    sim = gym.make("MiniDROID-Sim-v0", height=H, width=W)
+    assert env.observation_space == sim.observation_space and env.action_space == sim.action_space
+    obs, info = env.reset(seed=0)
+    assert info["source"] == "sim" and info["instruction"]
+    env.close()
+    sim.close()
+
+
+def test_same_seed_same_observations(env):
+    actions = [np.random.default_rng(i).uniform(-1, 1, (4, 7)).astype(np.float32) for i in range(2)]
+    runs = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=5)
+        runs.append([obs] + [env.step(a)[0] for a in actions])
+    for o1, o2 in zip(*runs):
+        for k in o1:
+            np.testing.assert_array_equal(o1[k], o2[k])
+
+
+def test_ground_truth_fidelity_and_user_start(model_dir):
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=2, ground_truth="sim", timing_info=True)
+    obs, info = env.reset(seed=1)
+    _, _, _, _, info = env.step(np.tile(obs["pose"], (4, 1)))
+    assert set(info["fidelity"]["psnr"]) == set(CAMERAS) and info["step_seconds"] > 0
+    frames = np.stack([obs[c][0] for c in CAMERAS])
+    pose = env.model.normalizer.denormalize(obs["pose"])
+    env2 = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
+    obs2, info2 = env2.reset(seed=0, options={"frames": frames, "pose": pose, "instruction": "pick up the red cube"})
+    assert info2["source"] == "user"
+    np.testing.assert_array_equal(obs2[CAMERAS[0]][0], frames[0])
+    with pytest.raises(ValueError, match="start frames"):
+        env2.reset(options={"frames": frames[:2], "pose": pose})
+    env.close()
+    env2.close()
+
+
+def test_dataset_starts(model_dir, tmp_path):
+    root = tmp_path / "ds"
+    generate_dataset(root, 1, seed=0, workers=1, height=H, width=W, progress=False)
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=2, initial_state=str(root))
+    obs, info = env.reset(options={"episode": 0})
+    assert info["source"] == "dataset" and info["episode"] == 0
+    with pytest.raises(ValueError, match="not in"):
+        env.reset(options={"episode": 5})
+    with pytest.raises(ValueError, match="episode"):
+        env.reset()
+    env.close()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((4, 6), np.float32), "shape"), (np.full((4, 7), np.nan, np.float32), "NaN"),
+    (np.full((4, 7), 2.0, np.float32), r"\[-1, 1\]"), (np.array([["x"] * 7] * 4), "dtype"),
+])
+def test_bad_actions_leave_state_unchanged(env, bad, match):
+    obs, _ = env.reset(seed=2)
+    with pytest.raises(InvalidActionError, match=match):
+        env.step(bad)
+    assert env.engine._histories[0].length == 1
+    np.testing.assert_array_equal(env._observation()[CAMERAS[0]], obs[CAMERAS[0]])
+
+
+def test_step_before_reset_unknown_options_and_close(env):
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.zeros((4, 7), np.float32))
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"colour": "red"})
+    with pytest.raises(ValueError, match="dataset"):
+        env.reset(options={"episode": 0})
+    env.close()
+    env.close()
+
+
+def test_missing_or_corrupt_model(tmp_path):
+    with pytest.raises(ModelLoadError):
+        PersistWorldEnv(model=str(tmp_path / "absent"))
