@@ -13,6 +13,7 @@ def register_envs() -> None:
         gym.register(
             id="PersistWorld-DROID-v0",
             entry_point="persistworld_env.world_model_env:PersistWorldEnv",
+            vector_entry_point="persistworld_env.vector_env:make_vector_env",
             max_episode_steps=MAX_EPISODE_STEPS,
         )
     if "MiniDROID-Sim-v0" not in gym.registry:

@@ -91,10 +91,14 @@ class RolloutEngine:
             seeds: sampling seed per rollout (reproducible noise); random when None.
         """
         b = _check_frames(frames, self.model)
-        self._histories = [None] * b
-        self._instructions = [None] * b
-        self._generators = [torch.Generator(device="cpu") for _ in range(b)]
+        self.allocate(b)
         self.reset_slots(range(b), frames, poses, instructions, seeds)
+
+    def allocate(self, batch_size: int) -> None:
+        """Make room for ``batch_size`` rollouts; each must be started with :meth:`reset_slots` before stepping."""
+        self._histories = [None] * batch_size
+        self._instructions = [None] * batch_size
+        self._generators = [torch.Generator(device="cpu") for _ in range(batch_size)]
 
     @torch.no_grad()
     def reset_slots(self, slots: Sequence[int], frames: np.ndarray, poses: np.ndarray,
@@ -116,7 +120,7 @@ class RolloutEngine:
     @torch.no_grad()
     def step(self, poses: np.ndarray) -> StepOutput:
         """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames."""
-        if not self._histories:
+        if not self._histories or any(h is None for h in self._histories):
             raise RuntimeError("RolloutEngine.reset() must be called before step()")
         b = self.batch_size
         poses = _check_poses(poses, (b, FRAMES_PER_STEP, POSE_DIM), "poses")

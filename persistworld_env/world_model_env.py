@@ -22,6 +22,26 @@ from persistworld_env.visualization import tile_views
 RewardFn = Callable[[dict, dict], float]
 
 
+def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, task: str | None,
+                  height: int, width: int) -> StartState:
+    """The start an episode's reset options ask for; consumes the options it uses from ``options``."""
+    if "frames" in options or "pose" in options:
+        frames, pose = check_start(options.pop("frames", None), options.pop("pose", None), height, width)
+        return StartState(frames, pose, str(options.pop("instruction", "")), {"source": "user"})
+    if isinstance(starts, DatasetStarts):
+        if "episode" not in options:
+            raise ValueError("dataset starts need reset(options={'episode': i})")
+        return starts.get(int(options.pop("episode")))
+    if "episode" in options:
+        raise ValueError("options['episode'] needs a dataset: make the env with initial_state=<dataset path>")
+    return starts.get(seed, options.pop("task", task))
+
+
+def make_starts(initial_state: str, height: int, width: int) -> SimStarts | DatasetStarts:
+    """``"sim"`` -> MiniDROID starts; anything else is a LeRobot dataset path."""
+    return SimStarts(height, width) if initial_state == "sim" else DatasetStarts(initial_state, height, width)
+
+
 class PersistWorldEnv(gym.Env):
     """A world model stepped like a simulator.
 
@@ -68,8 +88,7 @@ class PersistWorldEnv(gym.Env):
         self.action_space = action_space()
         self.render_mode, self.reward_fn, self.task = render_mode, reward, task
         self.timing_info, self.last_step_seconds = timing_info, 0.0
-        self.starts = SimStarts(cfg.height, cfg.width) if initial_state == "sim" else DatasetStarts(
-            initial_state, cfg.height, cfg.width)
+        self.starts = make_starts(initial_state, cfg.height, cfg.width)
         self.ground_truth = None
         if ground_truth == "sim":
             from persistworld_env.sim.env import MiniDROIDSimEnv
@@ -86,16 +105,7 @@ class PersistWorldEnv(gym.Env):
         return obs
 
     def _start(self, seed: int, options: dict) -> StartState:
-        if "frames" in options or "pose" in options:
-            frames, pose = check_start(options.pop("frames", None), options.pop("pose", None), self.height, self.width)
-            return StartState(frames, pose, str(options.pop("instruction", "")), {"source": "user"})
-        if isinstance(self.starts, DatasetStarts):
-            if "episode" not in options:
-                raise ValueError("dataset starts need reset(options={'episode': i})")
-            return self.starts.get(int(options.pop("episode")))
-        if "episode" in options:
-            raise ValueError("options['episode'] needs a dataset: make the env with initial_state=<dataset path>")
-        return self.starts.get(seed, options.pop("task", self.task))
+        return resolve_start(self.starts, options, seed, self.task, self.height, self.width)
 
     # -- gymnasium API -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -115,3 +115,33 @@ def test_step_before_reset_unknown_options_and_close(env):
 def test_missing_or_corrupt_model(tmp_path):
     with pytest.raises(ModelLoadError):
         PersistWorldEnv(model=str(tmp_path / "absent"))
+
+
+def test_vector_env_batches_resets_and_autoresets(model_dir):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    venv = gym.make_vec("PersistWorld-DROID-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        model=str(model_dir), sampling_steps=2, max_episode_steps=2)
+    assert isinstance(venv, PersistWorldVectorEnv)
+    obs, info = venv.reset(seed=[0, 1, 2])
+    assert obs[CAMERAS[0]].shape == (3, 4, H, W, 3) and obs["pose"].shape == (3, 7)
+    assert info["_instruction"].all()
+    actions = np.tile(obs["pose"][:, None], (1, 4, 1))
+    obs, rew, term, trunc, info = venv.step(actions)
+    assert not trunc.any()
+    obs, rew, term, trunc, info = venv.step(actions)
+    assert trunc.all()  # time limit reached
+    obs, rew, term, trunc, info = venv.step(actions)  # NEXT_STEP autoreset: fresh episodes
+    assert not trunc.any() and (rew == 0).all() and (info["source"] == "sim").all()
+    np.testing.assert_array_equal(obs[CAMERAS[0]][0, 0], obs[CAMERAS[0]][0, 3])  # a start clip is static
+    # the same sub-env seeds give the same first observations as the single env
+    single = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
+    o1, _ = single.reset(seed=1)
+    v_obs, _ = venv.reset(seed=[0, 1, 2])
+    np.testing.assert_array_equal(o1[CAMERAS[0]], v_obs[CAMERAS[0]][1])
+    with pytest.raises(InvalidActionError):
+        venv.step(np.full((3, 4, 7), np.nan, np.float32))
+    with pytest.raises(ValueError, match="num_envs"):
+        venv.step(np.zeros((2, 4, 7), np.float32))
+    venv.close()
+    single.close()

@@ -1,0 +1,150 @@
+"""Batched ``PersistWorld-DROID-v0``: N sub-environments stepped by one batched model forward.
+
+``gym.make_vec("PersistWorld-DROID-v0", num_envs=N)`` gives this class. All rollouts live in one
+:class:`RolloutEngine`, so each step is a single batched sampling call (classifier-free guidance
+branches, decoding and Python overhead shared). Autoreset mode is NEXT_STEP (Gymnasium's default): the
+step after a sub-env finished resets it in place and returns its first observation with reward 0.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from persistworld_env.constants import CAMERAS, MODEL_FPS
+from persistworld_env.registration import MAX_EPISODE_STEPS
+from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
+from persistworld_env.world_model_env import RewardFn, make_starts, resolve_start
+
+
+class PersistWorldVectorEnv(VectorEnv):
+    """N world-model environments in one batch (see module docstring).
+
+    Args:
+        num_envs: number of sub-environments.
+        max_episode_steps: truncation horizon per sub-env (steps of 0.8 s).
+        Other arguments as :class:`persistworld_env.world_model_env.PersistWorldEnv`.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "render_fps": MODEL_FPS}
+
+    def __init__(self, num_envs: int = 1, model: Any = "default", device: str = "cpu",
+                 sampling_steps: int | None = None, guidance: float | None = None, reward: RewardFn | None = None,
+                 initial_state: str = "sim", task: str | None = None,
+                 max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
+        from persistworld_env.models.world_model import WorldModel
+        from persistworld_env.rollout import RolloutEngine
+
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+        cfg = self.model.config
+        self.engine = RolloutEngine(self.model)
+        changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
+        if changes:
+            self.engine.with_sampler(**changes)
+        self.num_envs, self.height, self.width = num_envs, cfg.height, cfg.width
+        self.single_observation_space = observation_space(cfg.height, cfg.width)
+        self.single_action_space = action_space()
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.reward_fn, self.task, self.max_episode_steps = reward, task, max_episode_steps
+        self.starts = make_starts(initial_state, cfg.height, cfg.width)
+        self._clips: np.ndarray | None = None  # (N, 4, V, H, W, 3)
+        self._poses = np.zeros((num_envs, 7), np.float32)
+        self._instructions = [""] * num_envs
+        self._elapsed = np.zeros(num_envs, np.int64)
+        self._needs_reset = np.zeros(num_envs, bool)
+        self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(num_envs)]
+
+    # -- internals -----------------------------------------------------------------------------
+    def _observations(self) -> dict[str, np.ndarray]:
+        obs = {cam: self._clips[:, :, v].copy() for v, cam in enumerate(CAMERAS)}
+        obs[POSE_KEY] = np.asarray(self.model.normalizer.normalize(self._poses), dtype=np.float32)
+        return obs
+
+    def _reset_slots(self, slots: Sequence[int], options: dict | None = None) -> list[dict]:
+        infos, frames, poses, instructions, seeds = [], [], [], [], []
+        for i in slots:
+            opts = dict(options or {})
+            episode_seed = int(self._rngs[i].integers(2**31 - 1))
+            start = resolve_start(self.starts, opts, episode_seed, self.task, self.height, self.width)
+            if opts:
+                raise ValueError(f"unknown reset options {sorted(opts)}; accepted: episode, task, frames, pose, "
+                                 f"instruction")
+            frames.append(start.frames)
+            poses.append(start.pose)
+            instructions.append(start.instruction)
+            seeds.append(episode_seed)
+            infos.append({"instruction": start.instruction, **start.info})
+        self.engine.reset_slots(slots, np.stack(frames), np.stack(poses),
+                                [s or None for s in instructions] if any(instructions) else None, seeds)
+        for k, i in enumerate(slots):
+            self._clips[i] = np.repeat(frames[k][None], 4, axis=0)
+            self._poses[i], self._instructions[i] = poses[k], instructions[k]
+            self._elapsed[i], self._needs_reset[i] = 0, False
+        return infos
+
+    @staticmethod
+    def _merge(infos: list[dict], slots: Sequence[int], n: int) -> dict:
+        """Gymnasium's vector info layout: ``info[key]`` arrays plus ``info["_key"]`` masks."""
+        merged: dict[str, Any] = {}
+        for info, i in zip(infos, slots):
+            for key, value in info.items():
+                if key not in merged:
+                    merged[key] = np.full(n, None, dtype=object)
+                    merged["_" + key] = np.zeros(n, bool)
+                merged[key][i], merged["_" + key][i] = value, True
+        return merged
+
+    # -- VectorEnv API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
+        seeds = [None] * self.num_envs if seed is None else (
+            [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed))
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
+        self._rngs = [np.random.default_rng(s) for s in seeds]
+        if self._clips is None:
+            self._clips = np.zeros((self.num_envs, 4, len(CAMERAS), self.height, self.width, 3), np.uint8)
+            self.engine.allocate(self.num_envs)
+        slots = list(range(self.num_envs))
+        infos = self._reset_slots(slots, options)
+        return self._observations(), self._merge(infos, slots, self.num_envs)
+
+    def step(self, actions):
+        if self._clips is None:
+            raise RuntimeError("step() called before reset()")
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (self.num_envs,):
+            raise ValueError(f"actions must have a leading dimension of num_envs={self.num_envs}, got {actions.shape}")
+        normalized = np.stack([validate_action(a) for a in actions])
+        poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
+        finished = np.flatnonzero(self._needs_reset)
+        out = self.engine.step(poses)  # one batched forward for every sub-env
+        self._clips, self._poses = out.frames.copy(), poses[:, -1].copy()
+        self._elapsed += 1
+        infos = [{"instruction": s} for s in self._instructions]
+        obs = self._observations()
+        rewards = np.array([float(self.reward_fn({k: v[i] for k, v in obs.items()}, infos[i]))
+                            if self.reward_fn is not None else 0.0 for i in range(self.num_envs)])
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = self._elapsed >= self.max_episode_steps
+        if len(finished):  # NEXT_STEP autoreset: these slots start over instead of stepping
+            for i, info in zip(finished, self._reset_slots(finished)):
+                infos[i] = info
+            rewards[finished], truncated[finished] = 0.0, False
+            obs = self._observations()
+        self._needs_reset = terminated | truncated
+        return obs, rewards, terminated, truncated, self._merge(infos, range(self.num_envs), self.num_envs)
+
+    def close_extras(self, **kwargs) -> None:
+        self.starts.close()
+
+
+def make_vector_env(num_envs: int = 1, **kwargs) -> PersistWorldVectorEnv:
+    """``vector_entry_point`` of ``PersistWorld-DROID-v0`` (accepts and ignores gym.make_vec's extras)."""
+    kwargs.pop("render_mode", None)
+    return PersistWorldVectorEnv(num_envs=num_envs, **kwargs)
+
