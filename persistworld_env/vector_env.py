@@ -2,8 +2,12 @@
 
 ``gym.make_vec("PersistWorld-DROID-v0", num_envs=N)`` gives this class. All rollouts live in one
 :class:`RolloutEngine`, so each step is a single batched sampling call (classifier-free guidance
-branches, decoding and Python overhead shared). Autoreset mode is NEXT_STEP (Gymnasium's default): the
-step after a sub-env finished resets it in place and returns its first observation with reward 0.
+branches, decoding and Python overhead shared). Autoreset (finished slots restart in place):
+
+* ``"next_step"`` (Gymnasium's default): the step after a sub-env finished resets it and returns its
+  first observation with reward 0;
+* ``"same_step"``: a finished sub-env is reset within the same step; its last observation and info
+  are in ``info["final_obs"]`` / ``info["final_info"]`` (what stable-baselines3 expects).
 """
 from __future__ import annotations
 
@@ -25,20 +29,25 @@ class PersistWorldVectorEnv(VectorEnv):
     Args:
         num_envs: number of sub-environments.
         max_episode_steps: truncation horizon per sub-env (steps of 0.8 s).
+        autoreset: ``"next_step"`` or ``"same_step"`` (see module docstring).
         Other arguments as :class:`persistworld_env.world_model_env.PersistWorldEnv`.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "render_fps": MODEL_FPS}
+    _MODES = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
 
     def __init__(self, num_envs: int = 1, model: Any = "default", device: str = "cpu",
                  sampling_steps: int | None = None, guidance: float | None = None, reward: RewardFn | None = None,
                  initial_state: str = "sim", task: str | None = None,
-                 max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
+                 max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step") -> None:
         from persistworld_env.models.world_model import WorldModel
         from persistworld_env.rollout import RolloutEngine
 
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if autoreset not in self._MODES:
+            raise ValueError(f"autoreset must be one of {sorted(self._MODES)}, got {autoreset!r}")
+        self.metadata = {**self.metadata, "autoreset_mode": self._MODES[autoreset]}
         self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
         cfg = self.model.config
         self.engine = RolloutEngine(self.model)
@@ -136,7 +145,16 @@ class PersistWorldVectorEnv(VectorEnv):
                 infos[i] = info
             rewards[finished], truncated[finished] = 0.0, False
             obs = self._observations()
-        self._needs_reset = terminated | truncated
+        done = np.flatnonzero(terminated | truncated)
+        if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and len(done):
+            final_obs = {k: v.copy() for k, v in obs.items()}
+            final_infos = [dict(infos[i]) for i in done]
+            for i, info in zip(done, self._reset_slots(done)):
+                infos[i] = {**info, "final_obs": {k: v[i] for k, v in final_obs.items()},
+                            "final_info": final_infos[list(done).index(i)]}
+            obs = self._observations()
+        else:
+            self._needs_reset = terminated | truncated
         return obs, rewards, terminated, truncated, self._merge(infos, range(self.num_envs), self.num_envs)
 
     def close_extras(self, **kwargs) -> None:

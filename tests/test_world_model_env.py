@@ -145,3 +145,30 @@ def test_vector_env_batches_resets_and_autoresets(model_dir):
         venv.step(np.zeros((2, 4, 7), np.float32))
     venv.close()
     single.close()
+
+
+def test_sb3_wrappers_and_vecenv(model_dir):
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from persistworld_env.sb3 import SB3VecEnv
+    from persistworld_env.wrappers import DeltaPoseAction, LatestFrameObservation
+
+    env = DeltaPoseAction(LatestFrameObservation(PersistWorldEnv(model=str(model_dir), sampling_steps=2)))
+    sb3_check_env(env, warn=True)
+    obs, _ = env.reset(seed=0)
+    assert obs[CAMERAS[0]].shape == (3, H, W) and obs[CAMERAS[0]].dtype == np.uint8
+    pose0 = env._pose.copy()
+    zero = np.zeros((4, 7), np.float32)
+    zero[:, 6] = -1.0  # keep the gripper open
+    target = env.action(zero)  # no motion: stay at the current pose
+    np.testing.assert_allclose(env.normalizer.denormalize(target[-1])[:6], pose0[:6], atol=1e-5)
+    env.close()
+
+    venv = SB3VecEnv(num_envs=2, model=str(model_dir), sampling_steps=2, max_episode_steps=1)
+    obs = venv.reset()
+    assert obs[CAMERAS[0]].shape == (2, 3, H, W)
+    venv.step_async(np.zeros((2, 4, 7), np.float32))
+    obs, rewards, dones, infos = venv.step_wait()
+    assert dones.all() and "terminal_observation" in infos[0] and infos[0]["TimeLimit.truncated"]
+    assert infos[0]["terminal_observation"][CAMERAS[0]].shape == (3, H, W)
+    venv.close()

@@ -1,0 +1,68 @@
+"""Present the batched world-model env to stable-baselines3 as a ``VecEnv``.
+
+stable-baselines3 cannot consume a Gymnasium ``VectorEnv``; this adapter drives
+:class:`PersistWorldVectorEnv` in ``same_step`` autoreset mode, gives the latest frame of each camera as
+a channel-first image (what SB3 treats as images) and the pose, and fills SB3's ``terminal_observation``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
+
+from persistworld_env.vector_env import PersistWorldVectorEnv
+from persistworld_env.wrappers import latest_frame_space, latest_frames
+
+
+class SB3VecEnv(VecEnv):
+    """stable-baselines3 view of a :class:`PersistWorldVectorEnv` (built here with ``autoreset="same_step"``)."""
+
+    def __init__(self, num_envs: int = 4, **env_kwargs: Any) -> None:
+        self.venv = PersistWorldVectorEnv(num_envs=num_envs, autoreset="same_step", **env_kwargs)
+        super().__init__(num_envs, latest_frame_space(self.venv.single_observation_space),
+                         self.venv.single_action_space)
+        self._actions: np.ndarray | None = None
+        self._seed: int | None = None
+
+    def reset(self):
+        obs, _ = self.venv.reset(seed=self._seed)
+        self._seed = None
+        return latest_frames(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, *self.action_space.shape)
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
+        dones = terminated | truncated
+        infos: list[dict] = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = {k: v[0] for k, v in latest_frames(
+                {k: v[None] for k, v in info["final_obs"][i].items()}).items()}
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        return latest_frames(obs), rewards.astype(np.float32), dones, infos
+
+    def seed(self, seed: int | None = None):
+        self._seed = seed
+        return [None if seed is None else seed + i for i in range(self.num_envs)]
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        return [getattr(self.venv, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list:
+        return [getattr(self.venv, method_name)(*args, **kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
