@@ -20,7 +20,7 @@ from gymnasium.vector.utils import batch_space
 from persistworld_env.constants import CAMERAS, MODEL_FPS
 from persistworld_env.registration import MAX_EPISODE_STEPS
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
-from persistworld_env.world_model_env import RewardFn, make_starts, resolve_start
+from persistworld_env.world_model_env import RewardFn, load_engine, make_starts, resolve_start
 
 
 class PersistWorldVectorEnv(VectorEnv):
@@ -40,20 +40,13 @@ class PersistWorldVectorEnv(VectorEnv):
                  sampling_steps: int | None = None, guidance: float | None = None, reward: RewardFn | None = None,
                  initial_state: str = "sim", task: str | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step") -> None:
-        from persistworld_env.models.world_model import WorldModel
-        from persistworld_env.rollout import RolloutEngine
-
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:
             raise ValueError(f"autoreset must be one of {sorted(self._MODES)}, got {autoreset!r}")
         self.metadata = {**self.metadata, "autoreset_mode": self._MODES[autoreset]}
-        self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+        self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
         cfg = self.model.config
-        self.engine = RolloutEngine(self.model)
-        changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
-        if changes:
-            self.engine.with_sampler(**changes)
         self.num_envs, self.height, self.width = num_envs, cfg.height, cfg.width
         self.single_observation_space = observation_space(cfg.height, cfg.width)
         self.single_action_space = action_space()

@@ -37,6 +37,19 @@ def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, t
     return starts.get(seed, options.pop("task", task))
 
 
+def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: float | None):
+    """(WorldModel, RolloutEngine) from a model directory, ``"default"`` or a loaded model."""
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.rollout import RolloutEngine
+
+    model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+    engine = RolloutEngine(model)
+    changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
+    if changes:
+        engine.with_sampler(**changes)
+    return model, engine
+
+
 def make_starts(initial_state: str, height: int, width: int) -> SimStarts | DatasetStarts:
     """``"sim"`` -> MiniDROID starts; anything else is a LeRobot dataset path."""
     return SimStarts(height, width) if initial_state == "sim" else DatasetStarts(initial_state, height, width)
@@ -68,21 +81,14 @@ class PersistWorldEnv(gym.Env):
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
                  timing_info: bool = False) -> None:
-        from persistworld_env.models.world_model import WorldModel
-        from persistworld_env.rollout import RolloutEngine
-
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
             raise ValueError(f"ground_truth must be None or 'sim', got {ground_truth!r}")
         if reward is not None and not callable(reward):
             raise TypeError("reward must be None or a callable (obs, info) -> float")
-        self.model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+        self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
         cfg = self.model.config
-        self.engine = RolloutEngine(self.model)
-        changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
-        if changes:
-            self.engine.with_sampler(**changes)
         self.height, self.width = cfg.height, cfg.width
         self.observation_space = observation_space(cfg.height, cfg.width)
         self.action_space = action_space()

@@ -9,22 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_helpers import INSTRUCTIONS, LENGTHS, make_episode, make_episodes, psnr, write_dataset
+from data_helpers import INSTRUCTIONS, LENGTHS, make_episode, psnr, write_dataset
 from persistworld_env.constants import CAMERAS, image_key
 from persistworld_env.data import DatasetError, LeRobotEpisodes, LeRobotWriter, decode_video, encode_video
 from persistworld_env.data import layout
-
-
-@pytest.fixture(scope="module")
-def episodes():
-    return make_episodes()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, episodes) -> Path:
-    root = tmp_path_factory.mktemp("minidroid")
-    write_dataset(root, episodes)
-    return root
 
 
 # ------------------------------------------------------------------ video

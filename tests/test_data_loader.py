@@ -5,28 +5,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_helpers import LENGTHS, make_episodes, psnr, write_dataset
+from data_helpers import LENGTHS, psnr
 from persistworld_env.constants import CAMERAS
 from persistworld_env.data import (
     LeRobotEpisodes, PoseNormalizer, SamplingConfig, WorldModelDataset, bench_loader, collate_samples,
 )
 from persistworld_env.data import video as video_module
-
-
-@pytest.fixture(scope="module")
-def episodes():
-    return make_episodes()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, episodes) -> Path:
-    root = tmp_path_factory.mktemp("minidroid_loader")
-    write_dataset(root, episodes)
-    return root
 
 
 # ------------------------------------------------------------------ normaliser
