@@ -63,3 +63,20 @@ def check_resume(out_dir: str | os.PathLike, resume: bool) -> Path | None:
     if found is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds checkpoints: pass --resume to continue, or another --out")
     return found if resume else None
+
+
+def start_run(out_dir: str | os.PathLike, resume: bool, mixed_precision: str, seed: int,
+              num_threads: int | None = None):
+    """Common start of a training run: CPU threads, resume check, Accelerator, seed.
+
+    Returns ``(accelerator, checkpoint to resume from or None)``.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    resume_from = check_resume(out_dir, resume)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    return accelerator, resume_from

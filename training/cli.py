@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+#: Commands implemented by a module with ``add_arguments(parser)`` and ``main(args)``.
+MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("train-vae", "training.train_autoencoder", "train the per-camera image autoencoder on a LeRobot dataset"),
+    ("vae-eval", "persistworld_env.models.vae_quality", "print an autoencoder's reconstruction PSNR per camera"),
+    ("pretrain", "training.pretrain", "pretrain the world model (EDM, teacher-forced); accelerate-ready"),
+    ("quality", "training.quality", "print a world model's fidelity on held-out episodes (VAE, one clip, replay)"),
+)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -55,8 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-meshes", action="store_true", help="render the arm with its detailed meshes (slower)")
     p.set_defaults(func=_cmd_generate)
 
+    for name, module_path, help_text in MODULE_COMMANDS:
+        module = importlib.import_module(module_path)
+        p = sub.add_parser(name, help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
+
     p = sub.add_parser("bench", help="print performance figures")
-    p.add_argument("target", choices=["data"], help="what to measure: data = generation and loader throughput")
+    p.add_argument("target", choices=["data", "sampler"],
+                   help="data = generation and loader throughput; sampler = world-model env-step cost")
+    p.add_argument("--model", default=None, help="model directory for the sampler benchmark (default: random "
+                   "weights of the default architecture; speed does not depend on weights)")
     p.add_argument("--episodes", type=int, default=20, help="episodes to generate for the data benchmark")
     p.add_argument("--data", default=None, help="existing dataset for the loader benchmark (default: the generated one)")
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")

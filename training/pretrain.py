@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from training.checkpoints import check_resume, resume_checkpoint, save_checkpoint
+from training.checkpoints import resume_checkpoint, save_checkpoint, start_run
 
 
 @dataclass
@@ -129,7 +129,6 @@ def _model_card(config: PretrainConfig, summary: dict) -> str:
 
 def pretrain(config: PretrainConfig) -> dict:
     """Train (or resume) per ``config``; writes ``out_dir/model`` and returns a summary."""
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -140,12 +139,9 @@ def pretrain(config: PretrainConfig) -> dict:
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.quality import one_step_fidelity
 
-    if config.num_threads:
-        torch.set_num_threads(int(config.num_threads))
     out_dir = Path(config.out_dir)
-    resume_from = check_resume(out_dir, config.resume)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    torch.manual_seed(config.seed)
+    accelerator, resume_from = start_run(out_dir, config.resume, config.mixed_precision, config.seed,
+                                         config.num_threads)
     normalizer = PoseNormalizer.from_dataset(config.data_dir)
     split = dict(val_mod=config.val_mod, val_rem=config.val_rem, val_episodes=config.val_episodes,
                  normalizer=normalizer, seed=config.seed, cache_dir=config.cache_dir)
