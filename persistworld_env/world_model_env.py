@@ -101,6 +101,7 @@ class PersistWorldEnv(gym.Env):
             self.ground_truth = MiniDROIDSimEnv(cfg.height, cfg.width, pose_normalizer=self.model.normalizer,
                                                 terminate_on_success=False)
         self._clip: np.ndarray | None = None  # (4, V, H, W, 3)
+        self.ground_truth_clip: np.ndarray | None = None  # the simulator's latest clip (ground_truth="sim")
         self._pose: np.ndarray | None = None  # raw (7,)
         self._instruction = ""
 
@@ -148,6 +149,7 @@ class PersistWorldEnv(gym.Env):
         if self.ground_truth is not None:
             truth, *_ = self.ground_truth.step(normalized)
             truth = np.stack([truth[c] for c in CAMERAS], axis=1)
+            self.ground_truth_clip = truth
             info["fidelity"] = {"psnr": dict(zip(CAMERAS, psnr(self._clip, truth).mean(0).tolist())),
                                 "ssim": dict(zip(CAMERAS, ssim(self._clip, truth).mean(0).tolist()))}
         reward = float(self.reward_fn(obs, info)) if self.reward_fn is not None else 0.0

@@ -18,7 +18,7 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
 def _cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
-    run_demo(out=args.out, steps=args.steps, seed=args.seed, task=args.task)
+    run_demo(out=args.out, steps=args.steps, seed=args.seed, task=args.task, model=args.model, device=args.device)
     return 0
 
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=14, help="environment steps of 0.8 s (default: 14)")
     p.add_argument("--seed", type=int, default=0, help="reset seed (default: 0)")
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="task family (default: random)")
+    p.add_argument("--model", default="default", help="world model directory (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
     p.set_defaults(func=_cmd_demo)
 
