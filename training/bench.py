@@ -41,6 +41,17 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _random_default_model():
+    """The default architecture with random weights (speed does not depend on the weights)."""
+    import torch
+
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.sim.env import default_pose_normalizer
+
+    torch.manual_seed(0)
+    return WorldModel.build("default", default_pose_normalizer()).eval()
+
+
 def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
                   repeats: int = 5) -> dict:
     """Env-step cost of the rollout engine: 4 new frames x 3 cameras per rollout at the model's default
@@ -50,15 +61,9 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
 
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.rollout import RolloutEngine
-    from persistworld_env.sim.env import default_pose_normalizer
 
-    if model_path:
-        model = WorldModel.from_pretrained(model_path)
-        weights = model_path
-    else:  # the default architecture with random weights: speed does not depend on the weights
-        torch.manual_seed(0)
-        model = WorldModel.build("default", default_pose_normalizer()).eval()
-        weights = "random weights, default architecture"
+    model = WorldModel.from_pretrained(model_path) if model_path else _random_default_model()
+    weights = model_path or "random weights, default architecture"
     cfg = model.config
     pose = model.normalizer.denormalize(np.zeros(7, np.float32))
 
@@ -97,11 +102,57 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
     return figures
 
 
+def _bench_model_dir(model_path: str | None, tmp: str) -> str:
+    """The model to benchmark: ``model_path``, or the default architecture with random weights saved to ``tmp``."""
+    if model_path:
+        return model_path
+    return str(_random_default_model().save_pretrained(Path(tmp) / "model"))
+
+
+def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3) -> dict:
+    """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs."""
+    import gymnasium as gym
+    import numpy as np
+
+    import persistworld_env  # noqa: F401
+
+    def rate(env, n, batched):
+        obs, _ = env.reset(seed=0)
+        pose = obs["pose"]
+        action = np.tile(pose[..., None, :], (4, 1)) if not batched else np.tile(pose[:, None], (1, 4, 1))
+        env.step(action)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            env.step(action)
+        return n * steps / (time.perf_counter() - t0)
+
+    figures: dict = {}
+    with tempfile.TemporaryDirectory(prefix="pw_bench_env_") as tmp:
+        model = _bench_model_dir(model_path, tmp)
+        figures["model"] = model_path or "random weights, default architecture"
+        single = gym.make("PersistWorld-DROID-v0", model=model)
+        figures["single_env_steps_per_s"] = round(rate(single, 1, False), 3)
+        single.close()
+        for n in sizes:
+            batched = gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="vector_entry_point",
+                                   model=model)
+            sync = gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="sync", model=model)
+            b, s = rate(batched, n, True), rate(sync, n, True)
+            figures[f"batched{n}_env_steps_per_s"] = round(b, 3)
+            figures[f"sync{n}_env_steps_per_s"] = round(s, 3)
+            figures[f"batched{n}_vs_sync"] = round(b / s, 2)
+            batched.close()
+            sync.close()
+    return figures
+
+
 def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     if target == "data":
         figures = bench_data(args.episodes, args.workers, args.data)
     elif target == "sampler":
         figures = bench_sampler(args.model)
+    elif target == "env":
+        figures = bench_env(args.model)
     else:
         raise ValueError(f"unknown benchmark {target!r}")
     if not args.json:

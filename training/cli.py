@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=module.main)
 
     p = sub.add_parser("bench", help="print performance figures")
-    p.add_argument("target", choices=["data", "sampler"],
-                   help="data = generation and loader throughput; sampler = world-model env-step cost")
+    p.add_argument("target", choices=["data", "sampler", "env"],
+                   help="data = generation and loader throughput; sampler = world-model env-step cost; "
+                        "env = env steps/s, batched vs gymnasium's SyncVectorEnv")
     p.add_argument("--model", default=None, help="model directory for the sampler benchmark (default: random "
                    "weights of the default architecture; speed does not depend on weights)")
     p.add_argument("--episodes", type=int, default=20, help="episodes to generate for the data benchmark")
