@@ -91,12 +91,14 @@ class PersistWorldVectorEnv(VectorEnv):
 
     @staticmethod
     def _merge(infos: list[dict], slots: Sequence[int], n: int) -> dict:
-        """Gymnasium's vector info layout: ``info[key]`` arrays plus ``info["_key"]`` masks."""
+        """Gymnasium's vector info layout: ``info[key]`` arrays (typed for bool/int/float values, object
+        otherwise) plus ``info["_key"]`` masks."""
         merged: dict[str, Any] = {}
         for info, i in zip(infos, slots):
             for key, value in info.items():
                 if key not in merged:
-                    merged[key] = np.full(n, None, dtype=object)
+                    dtype = {bool: bool, int: np.int64, float: np.float64}.get(type(value), object)
+                    merged[key] = np.zeros(n, dtype) if dtype is not object else np.full(n, None, dtype=object)
                     merged["_" + key] = np.zeros(n, bool)
                 merged[key][i], merged["_" + key][i] = value, True
         return merged
@@ -141,11 +143,13 @@ class PersistWorldVectorEnv(VectorEnv):
         done = np.flatnonzero(terminated | truncated)
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and len(done):
             final_obs = {k: v.copy() for k, v in obs.items()}
-            final_infos = [dict(infos[i]) for i in done]
+            final_info = self._merge([infos[i] for i in done], done, self.num_envs)
             for i, info in zip(done, self._reset_slots(done)):
-                infos[i] = {**info, "final_obs": {k: v[i] for k, v in final_obs.items()},
-                            "final_info": final_infos[list(done).index(i)]}
+                infos[i] = {**info, "final_obs": {k: v[i] for k, v in final_obs.items()}}
             obs = self._observations()
+            merged = self._merge(infos, range(self.num_envs), self.num_envs)
+            merged["final_info"], merged["_final_info"] = final_info, np.isin(np.arange(self.num_envs), done)
+            return obs, rewards, terminated, truncated, merged
         else:
             self._needs_reset = terminated | truncated
         return obs, rewards, terminated, truncated, self._merge(infos, range(self.num_envs), self.num_envs)

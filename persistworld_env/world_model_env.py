@@ -123,14 +123,14 @@ class PersistWorldEnv(gym.Env):
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; accepted: episode, task, frames, pose, "
                              f"instruction")
+        if self.ground_truth is not None and start.info.get("source") != "sim":
+            raise ValueError("ground_truth='sim' needs simulator starts (initial_state='sim')")
         self.engine.reset(start.frames[None], start.pose[None], [start.instruction] if start.instruction else None,
                           seeds=[episode_seed])
         self._clip = np.repeat(start.frames[None], 4, axis=0)
         self._pose, self._instruction = start.pose.astype(np.float32), start.instruction
-        if self.ground_truth is not None:
-            if start.info.get("source") != "sim":
-                raise ValueError("ground_truth='sim' needs simulator starts (initial_state='sim')")
-            self.ground_truth.reset(seed=seed, options={"task": start.info["task"]})
+        if self.ground_truth is not None:  # the very same scene as the model's start
+            self.ground_truth.reset(options={"task": start.info["task"], "episode_seed": start.info["episode_seed"]})
         return self._observation(), {"instruction": start.instruction, **start.info}
 
     def step(self, action):

@@ -121,8 +121,9 @@ def test_action_chunks_follow_commands(sim):
     norm = default_pose_normalizer()
     chunks = action_chunks(rec, norm)
     assert all(c.shape == (4, 7) and c.dtype == np.float32 for c in chunks)
-    np.testing.assert_allclose(chunks[0][0], norm.normalize(rec.action_pose[3]), atol=1e-6)
-    np.testing.assert_allclose(chunks[1][0], norm.normalize(rec.action_pose[15]), atol=1e-6)
+    np.testing.assert_allclose(chunks[0][0], norm.normalize(rec.action_pose[2]), atol=1e-6)
+    np.testing.assert_allclose(chunks[1][0], norm.normalize(rec.action_pose[14]), atol=1e-6)
+    assert len(chunks) == (rec.length - 1) // 12
 
 
 def test_env_passes_gymnasium_checker(env):

@@ -188,6 +188,7 @@ def test_ctrl_world_key_layout_round_trip(normalizer, tmp_path):
                                                 layers_per_block=1, latent_channels=4)  # noqa: E731
     torch.manual_seed(0)
     src = WorldModel.build("ctrl-world", normalizer, height=16, width=16, autoencoder=vae(), denoiser_overrides=small)
+    assert (src.config.sampler.steps, src.config.sampler.guidance, src.config.sampler.sigma_max) == (50, 2.0, 700.0)
     state = to_ctrl_world_state_dict(src)
     assert any(k.startswith("unet.down_blocks.") for k in state)
     assert {"action_encoder.action_encode.0.weight", "action_encoder.action_encode.4.bias"} <= set(state)

@@ -61,7 +61,8 @@ def test_same_seed_same_observations(env):
 
 def test_ground_truth_fidelity_and_user_start(model_dir):
     env = PersistWorldEnv(model=str(model_dir), sampling_steps=2, ground_truth="sim", timing_info=True)
-    obs, info = env.reset(seed=1)
+    obs, info = env.reset()  # no seed: the simulator alongside must still start from the same scene
+    np.testing.assert_array_equal(env.ground_truth._clip[CAMERAS[2]], obs[CAMERAS[2]])
     _, _, _, _, info = env.step(np.tile(obs["pose"], (4, 1)))
     assert set(info["fidelity"]["psnr"]) == set(CAMERAS) and info["step_seconds"] > 0
     frames = np.stack([obs[c][0] for c in CAMERAS])
@@ -170,5 +171,9 @@ def test_sb3_wrappers_and_vecenv(model_dir):
     venv.step_async(np.zeros((2, 4, 7), np.float32))
     obs, rewards, dones, infos = venv.step_wait()
     assert dones.all() and "terminal_observation" in infos[0] and infos[0]["TimeLimit.truncated"]
+    raw_obs, _ = venv.venv.reset(seed=0)
+    _, _, _, trunc, info = venv.venv.step(np.tile(raw_obs["pose"][:, None], (1, 4, 1)))
+    assert trunc.all() and info["_final_info"].all() and info["final_info"]["_instruction"].all()
+    assert isinstance(info["final_info"]["instruction"][0], str) and info["_final_obs"].all()
     assert infos[0]["terminal_observation"][CAMERAS[0]].shape == (3, H, W)
     venv.close()

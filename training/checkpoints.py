@@ -77,6 +77,8 @@ def start_run(out_dir: str | os.PathLike, resume: bool, mixed_precision: str, se
     if num_threads:
         torch.set_num_threads(int(num_threads))
     resume_from = check_resume(out_dir, resume)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    # step_scheduler_with_optimizer=False: LR schedules are per optimizer step, whatever the process count.
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                              step_scheduler_with_optimizer=False)
     torch.manual_seed(seed)
     return accelerator, resume_from

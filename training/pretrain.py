@@ -154,7 +154,7 @@ def pretrain(config: PretrainConfig) -> dict:
     model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
     model.autoencoder.requires_grad_(False).eval()
     if config.latent_cache:
-        train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].numpy(),
+        train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].cpu().numpy(),
                               _weights_id(model.autoencoder), cache_dir=out_dir / "latent_cache")
     denoiser = model.denoiser
     ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
@@ -167,6 +167,7 @@ def pretrain(config: PretrainConfig) -> dict:
     step, bad_steps = 0, 0
     if resume_from is not None:
         state = resume_checkpoint(accelerator, resume_from)
+        ema.to(accelerator.device)  # accelerate restores custom state on the CPU
         step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
         accelerator.print(f"resumed from {resume_from} at step {step}")
     writer = None
@@ -210,7 +211,9 @@ def pretrain(config: PretrainConfig) -> dict:
         with accelerator.autocast():
             loss = edm_loss(denoiser, latents,
                             batch["pose"].to(accelerator.device), batch["instruction"], generator=gen)
-        if not torch.isfinite(loss):
+        # Collective decision, so every process skips together (DDP would hang otherwise).
+        finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), "min").item() > 0
+        if not finite:
             bad_steps += 1
             optimizer.zero_grad(set_to_none=True)
             accelerator.print(f"step {step}: non-finite loss, skipped ({bad_steps} so far)")

@@ -35,6 +35,8 @@ NORMALIZATION_FILE = "normalization.json"
 DENOISER_FILE = "denoiser.safetensors"
 AUTOENCODER_DIR = "autoencoder"
 MODEL_CARD = "README.md"
+#: Sampling defaults per scale (Ctrl-World: 50 Euler steps, guidance 2, sigma_max 700).
+SAMPLER_SCALES: dict[str, dict] = {"ctrl-world": {"steps": 50, "guidance": 2.0, "sigma_max": 700.0}}
 #: Names resolved to model directories shipped inside the package.
 EMBEDDED_MODELS = {"default": "default_model"}
 
@@ -107,6 +109,7 @@ class WorldModel(nn.Module):
         channels = autoencoder.config.latent_channels
         denoiser_cfg = DenoiserConfig.from_dict({**DENOISER_SCALES[scale].to_dict(), **(denoiser_overrides or {}),
                                                  "latent_channels": channels})
+        config_overrides.setdefault("sampler", SamplerConfig(**SAMPLER_SCALES.get(scale, {})))
         config = WorldModelConfig(scale=scale, height=height, width=width, denoiser=denoiser_cfg, **config_overrides)
         return cls(config, autoencoder, normalizer)
 

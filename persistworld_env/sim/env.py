@@ -38,7 +38,8 @@ class MiniDROIDSimEnv(gym.Env):
     Args:
         height, width: camera resolution.
         task: task family (``"pick"``, ``"place"``, ``"push"``) or None for a random one per reset;
-            ``reset(options={"task": ...})`` overrides it for one episode.
+            ``reset(options={"task": ...})`` overrides it for one episode, and
+            ``options={"episode_seed": s}`` picks the scene directly (as ``info["episode_seed"]`` reports it).
         pose_normalizer: bounds mapping poses to [-1, 1]; MiniDROID's shipped bounds by default.
         terminate_on_success: end the episode at the first success.
         render_mode: ``"rgb_array"`` (the three cameras' latest frames side by side) or None.
@@ -74,9 +75,11 @@ class MiniDROIDSimEnv(gym.Env):
         super().reset(seed=seed)
         options = dict(options or {})
         family = options.pop("task", self.task_family)
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; MiniDROID-Sim-v0 accepts 'task'")
         episode_seed = int(self.np_random.integers(2**31 - 1))
+        episode_seed = int(options.pop("episode_seed", episode_seed))
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; MiniDROID-Sim-v0 accepts 'task' and "
+                             f"'episode_seed'")
         self.sim.reset(episode_seed, family)
         first = self.sim.render()
         self._clip = {c: np.repeat(first[c][None], FRAMES_PER_STEP, axis=0) for c in CAMERAS}

@@ -52,12 +52,12 @@ def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None =
 def action_chunks(record: EpisodeRecord, normalizer, frames_per_step: int = 4, stride: int = 3) -> list[np.ndarray]:
     """Cut an episode's commanded poses into environment actions: (4, 7) normalised chunks at 5 Hz.
 
-    Chunk ``k`` holds the commands of 15 Hz ticks ``3(4k + j + 1)``, j = 0..3 (the poses the env reaches
-    at the end of each of its 4 frames); a short tail repeats the last command.
+    Frame ``T`` of a recording shows the state after the commands of ticks ``0..T-1``; the env renders
+    its frame after tracking a target, so chunk ``k`` holds the commands of ticks ``T - 1`` with
+    ``T = 3(4k + j + 1)``, j = 0..3. Only whole chunks are cut.
     """
     commands = record.action_pose
-    ticks = np.arange(stride, len(commands) + stride * frames_per_step, stride)
-    ticks = np.minimum(ticks, len(commands) - 1)
     n_chunks = max(1, (len(commands) - 1) // (stride * frames_per_step))
-    poses = commands[ticks[: n_chunks * frames_per_step]].reshape(n_chunks, frames_per_step, -1)
+    ticks = np.arange(1, n_chunks * frames_per_step + 1) * stride - 1
+    poses = commands[np.minimum(ticks, len(commands) - 1)].reshape(n_chunks, frames_per_step, -1)
     return [normalizer.normalize(c).astype(np.float32) for c in poses]
