@@ -1,0 +1,31 @@
+"""The example scripts run as a new user would run them."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.sim.env import default_pose_normalizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_minidroid_dataset_example(tmp_path):
+    stdout = _run("minidroid_dataset.py", "--out", str(tmp_path / "ds"), "--episodes", "2")
+    assert "video (11, 3, 48, 80, 3)" in stdout
+
+
+def test_world_model_env_example(tmp_path):
+    torch.manual_seed(0)
+    WorldModel.build("tiny", default_pose_normalizer()).save_pretrained(tmp_path / "model")
+    stdout = _run("world_model_env.py", "--model", str(tmp_path / "model"), "--steps", "1")
+    assert "step  1: PSNR" in stdout
