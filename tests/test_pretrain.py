@@ -38,3 +38,22 @@ def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         assert torch.equal(v1, v2), k
     assert "command" in a.model_card or "steps: 4" in a.model_card
     assert list((tmp_path / "full" / "samples").glob("replay-*.mp4"))
+
+
+def test_two_process_cpu_run_with_torchrun(tiny_dataset, tmp_path):
+    """The same command under 2 processes (gloo on the CPU): sharded batches, synced gradients, one writer."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "training.cli", "pretrain", "--data", str(tiny_dataset),
+           "--out", str(out), "--scale", "tiny", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "2",
+           "--eval-every", "2", "--eval-samples", "1", "--val-episodes", "2", "--num-threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    assert (out / "checkpoints" / "checkpoint-00000002" / "random_states_1.pkl").is_file()
+    WorldModel.from_pretrained(out / "model")
