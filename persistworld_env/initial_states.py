@@ -19,12 +19,18 @@ class StartState:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def check_start(frames, pose, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate user-supplied start frames (V, H, W, 3) uint8 and a finite raw pose (7,)."""
+def check_views(frames, height: int, width: int, what: str = "start frames") -> np.ndarray:
+    """Validate one uint8 image per camera, (V, H, W, 3)."""
     frames = np.asarray(frames)
     expected = (len(CAMERAS), height, width, 3)
     if frames.dtype != np.uint8 or frames.shape != expected:
-        raise ValueError(f"start frames must be uint8 {expected} (cameras {CAMERAS}), got {frames.dtype} {frames.shape}")
+        raise ValueError(f"{what} must be uint8 {expected} (cameras {CAMERAS}), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def check_start(frames, pose, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate user-supplied start frames (V, H, W, 3) uint8 and a finite raw pose (7,)."""
+    frames = check_views(frames, height, width)
     pose = np.asarray(pose, dtype=np.float32)
     if pose.shape != (POSE_DIM,) or not np.all(np.isfinite(pose)):
         raise ValueError(f"start pose must be {POSE_DIM} finite numbers (raw xyz, euler xyz, gripper), got {pose}")

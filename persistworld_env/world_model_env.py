@@ -14,12 +14,18 @@ import gymnasium as gym
 import numpy as np
 
 from persistworld_env.constants import CAMERAS, MODEL_FPS
-from persistworld_env.initial_states import DatasetStarts, SimStarts, StartState, check_start
+from persistworld_env.initial_states import DatasetStarts, SimStarts, StartState, check_start, check_views
 from persistworld_env.metrics import psnr, ssim
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
 from persistworld_env.visualization import tile_views
 
 RewardFn = Callable[[dict, dict], float]
+
+
+def goal_reward(obs: dict, info: dict) -> float:
+    """Minus the mean absolute difference (in [0, 1]) between each camera's latest frame and its goal image."""
+    latest = np.stack([obs[c][-1] for c in CAMERAS]).astype(np.float32)
+    return -float(np.abs(latest - info["goal"].astype(np.float32)).mean() / 255.0)
 
 
 def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, task: str | None,
@@ -62,7 +68,9 @@ class PersistWorldEnv(gym.Env):
         model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
         device: torch device of the model.
         sampling_steps, guidance: override the model's sampling defaults.
-        reward: None (always 0) or a callable ``(obs, info) -> float``.
+        reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between
+            the latest frame of every camera and a goal image per camera given at reset as
+            ``options={"goal": (3, H, W, 3) uint8}``), or a callable ``(obs, info) -> float``.
         initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
             (``reset(options={"episode": i})``).
         task: MiniDROID task family for simulator starts (None: random).
@@ -85,14 +93,16 @@ class PersistWorldEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
             raise ValueError(f"ground_truth must be None or 'sim', got {ground_truth!r}")
-        if reward is not None and not callable(reward):
-            raise TypeError("reward must be None or a callable (obs, info) -> float")
+        if reward is not None and reward != "goal" and not callable(reward):
+            raise ValueError(f"reward must be None, 'goal' or a callable (obs, info) -> float, got {reward!r}")
         self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
         cfg = self.model.config
         self.height, self.width = cfg.height, cfg.width
         self.observation_space = observation_space(cfg.height, cfg.width)
         self.action_space = action_space()
-        self.render_mode, self.reward_fn, self.task = render_mode, reward, task
+        self.render_mode, self.task = render_mode, task
+        self.reward_fn = goal_reward if reward == "goal" else reward
+        self._goal: np.ndarray | None = None
         self.timing_info, self.last_step_seconds = timing_info, 0.0
         self.starts = make_starts(initial_state, cfg.height, cfg.width)
         self.ground_truth = None
@@ -119,6 +129,11 @@ class PersistWorldEnv(gym.Env):
         super().reset(seed=seed)
         options = dict(options or {})
         episode_seed = int(self.np_random.integers(2**31 - 1))
+        goal = options.pop("goal", None)
+        if self.reward_fn is goal_reward:
+            if goal is None:
+                raise ValueError("reward='goal' needs reset(options={'goal': (3, H, W, 3) uint8 images})")
+            self._goal = check_views(goal, self.height, self.width, "goal images")
         start = self._start(episode_seed, options)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; accepted: episode, task, frames, pose, "
@@ -142,6 +157,8 @@ class PersistWorldEnv(gym.Env):
         out = self.engine.step(poses[None])
         self.last_step_seconds = time.perf_counter() - t0
         info: dict[str, Any] = {"instruction": self._instruction}
+        if self._goal is not None:
+            info["goal"] = self._goal
         if self.timing_info:
             info["step_seconds"] = self.last_step_seconds
         self._clip, self._pose = out.frames[0], poses[-1]

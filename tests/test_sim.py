@@ -206,3 +206,10 @@ def test_step_before_reset_and_unknown_options(env):
         env.reset(seed=0, options={"episode": 3})
     env.close()
     env.close()  # idempotent
+
+
+def test_naming_the_drawn_family_gives_the_same_episode(sim):
+    sim.reset(21)
+    family, qpos = sim.task.family, sim.data.qpos.copy()
+    sim.reset(21, family)
+    np.testing.assert_array_equal(sim.data.qpos, qpos)

@@ -177,3 +177,19 @@ def test_sb3_wrappers_and_vecenv(model_dir):
     assert isinstance(info["final_info"]["instruction"][0], str) and info["_final_obs"].all()
     assert infos[0]["terminal_observation"][CAMERAS[0]].shape == (3, H, W)
     venv.close()
+
+
+def test_goal_reward(model_dir):
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=2, reward="goal")
+    with pytest.raises(ValueError, match="goal"):
+        env.reset(seed=0)
+    goal = np.zeros((3, H, W, 3), np.uint8)
+    obs, _ = env.reset(seed=0, options={"goal": goal})
+    obs, reward, *_ = env.step(np.tile(obs["pose"], (4, 1)))
+    expected = -np.mean([np.abs(obs[c][-1].astype(np.float32)).mean() / 255 for c in CAMERAS])
+    assert reward == pytest.approx(expected, rel=1e-5) and -1 <= reward <= 0
+    with pytest.raises(ValueError, match="goal images"):
+        env.reset(options={"goal": goal[:, :5]})
+    with pytest.raises(ValueError, match="reward must be"):
+        PersistWorldEnv(model=str(model_dir), reward="success")
+    env.close()

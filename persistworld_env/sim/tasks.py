@@ -53,9 +53,13 @@ class Task:
 
 
 def sample_task(rng: np.random.Generator, scene: SceneSpec, family: str | None = None) -> Task:
-    """Draw a task compatible with ``scene`` (uniform over families unless ``family`` is given)."""
-    if family is None:
-        family = str(rng.choice(TASK_FAMILIES))
+    """Draw a task compatible with ``scene`` (uniform over families unless ``family`` is given).
+
+    The family is always drawn, then overridden, so naming the family a seed would have drawn anyway
+    gives the very same episode as not naming it.
+    """
+    drawn = str(rng.choice(TASK_FAMILIES))
+    family = drawn if family is None else family
     if family not in TASK_FAMILIES:
         raise ValueError(f"unknown task family {family!r}; choose from {TASK_FAMILIES}")
     if family in ("pick", "place"):
