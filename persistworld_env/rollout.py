@@ -117,13 +117,11 @@ class RolloutEngine:
             self._generators[slot].manual_seed(seed)
 
     # -- step ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, poses: np.ndarray) -> StepOutput:
-        """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames."""
+    def _condition(self, poses: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """History latents, current latents, tokens and normalised new poses for a step (nothing changes)."""
         if not self._histories or any(h is None for h in self._histories):
             raise RuntimeError("RolloutEngine.reset() must be called before step()")
-        b = self.batch_size
-        poses = _check_poses(poses, (b, FRAMES_PER_STEP, POSE_DIM), "poses")
+        poses = _check_poses(poses, (self.batch_size, FRAMES_PER_STEP, POSE_DIM), "poses")
         model, dev = self.model, self.model.device
         new_poses = model.normalizer.normalize(torch.as_tensor(poses, dtype=torch.float32)).to(dev)
         history, history_poses, current, current_pose = [], [], [], []
@@ -138,13 +136,38 @@ class RolloutEngine:
         instructions = self._instructions if any(s is not None for s in self._instructions) else None
         if instructions is not None:
             instructions = [s or "" for s in instructions]
-        tokens = model.denoiser.tokens(token_poses, instructions)
-        clip = sample_clip(model.denoiser, history, current, tokens, self.sampler, self._generators)
+        return history, current, model.denoiser.tokens(token_poses, instructions), new_poses
+
+    @torch.no_grad()
+    def step(self, poses: np.ndarray) -> StepOutput:
+        """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames."""
+        history, current, tokens, new_poses = self._condition(poses)
+        clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
         new = clip[:, 1:]
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
-        frames = model.codec.decode_views(new, num_views=len(model.config.cameras)).numpy()
+        frames = self.model.codec.decode_views(new, num_views=len(self.model.config.cameras)).numpy()
         return StepOutput(latents=new, frames=frames)
+
+    @torch.no_grad()
+    def alternatives(self, poses: np.ndarray, samples: int) -> np.ndarray:
+        """``samples`` other clips for the same step, without advancing: uint8 (B, samples, 4, V, H, W, 3).
+
+        Their noise comes from generators seeded by each rollout's own stream, so the result is
+        reproducible and the rollouts' own noise sequence is left as it was.
+        """
+        history, current, tokens, _ = self._condition(poses)
+        b = history.shape[0]
+        gens = []
+        for g in self._generators:
+            copy = torch.Generator()
+            copy.set_state(g.get_state())  # read the stream without advancing it
+            base = int(torch.randint(2**62, (1,), generator=copy).item())
+            gens += [torch.Generator().manual_seed(base + k + 1) for k in range(samples)]
+        rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
+        clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens)
+        frames = self.model.codec.decode_views(clip[:, 1:], num_views=len(self.model.config.cameras)).numpy()
+        return frames.reshape(b, samples, *frames.shape[1:])
 
 
 def _check_frames(frames: np.ndarray, model: WorldModel) -> int:

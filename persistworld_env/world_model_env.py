@@ -76,6 +76,9 @@ class PersistWorldEnv(gym.Env):
         task: MiniDROID task family for simulator starts (None: random).
         ground_truth: None or ``"sim"`` (step MiniDROID alongside and report fidelity in ``info``).
         render_mode: ``"rgb_array"`` or None.
+        uncertainty_samples: K > 0 also samples K other clips for every step (without using them) and
+            reports ``info["uncertainty"]``: per camera, the mean pixel standard deviation (0..1) over the
+            K + 1 clips; costs K extra clips per step.
         timing_info: add the model's wall-clock ``step_seconds`` to ``info`` (off by default: it makes
             ``info`` differ between otherwise identical runs); always in ``env.last_step_seconds``.
 
@@ -88,7 +91,7 @@ class PersistWorldEnv(gym.Env):
     def __init__(self, model: Any = "default", device: str = "cpu", sampling_steps: int | None = None,
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
-                 timing_info: bool = False) -> None:
+                 timing_info: bool = False, uncertainty_samples: int = 0) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
@@ -104,6 +107,9 @@ class PersistWorldEnv(gym.Env):
         self.reward_fn = goal_reward if reward == "goal" else reward
         self._goal: np.ndarray | None = None
         self.timing_info, self.last_step_seconds = timing_info, 0.0
+        if uncertainty_samples < 0:
+            raise ValueError(f"uncertainty_samples must be >= 0, got {uncertainty_samples}")
+        self.uncertainty_samples = int(uncertainty_samples)
         self.starts = make_starts(initial_state, cfg.height, cfg.width)
         self.ground_truth = None
         if ground_truth == "sim":
@@ -153,12 +159,16 @@ class PersistWorldEnv(gym.Env):
             raise RuntimeError("step() called before reset()")
         normalized = validate_action(action)
         poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
+        others = self.engine.alternatives(poses[None], self.uncertainty_samples)[0] if self.uncertainty_samples else None
         t0 = time.perf_counter()
         out = self.engine.step(poses[None])
         self.last_step_seconds = time.perf_counter() - t0
         info: dict[str, Any] = {"instruction": self._instruction}
         if self._goal is not None:
             info["goal"] = self._goal
+        if others is not None:  # (K + 1, 4, V, H, W, 3) -> per camera std over samples
+            spread = np.concatenate([out.frames[0][None], others]).astype(np.float32).std(axis=0) / 255.0
+            info["uncertainty"] = dict(zip(CAMERAS, spread.mean(axis=(0, 2, 3, 4)).tolist()))
         if self.timing_info:
             info["step_seconds"] = self.last_step_seconds
         self._clip, self._pose = out.frames[0], poses[-1]

@@ -193,3 +193,20 @@ def test_goal_reward(model_dir):
     with pytest.raises(ValueError, match="reward must be"):
         PersistWorldEnv(model=str(model_dir), reward="success")
     env.close()
+
+
+def test_uncertainty_from_alternative_samples_leaves_the_rollout_unchanged(model_dir):
+    plain = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
+    spread = PersistWorldEnv(model=str(model_dir), sampling_steps=2, uncertainty_samples=2)
+    obs_a, _ = plain.reset(seed=4)
+    obs_b, _ = spread.reset(seed=4)
+    action = np.tile(obs_a["pose"], (4, 1))
+    obs_a, *_ = plain.step(action)
+    obs_b, _, _, _, info = spread.step(action)
+    for cam in CAMERAS:  # the rollout itself is unaffected by the extra samples
+        np.testing.assert_array_equal(obs_a[cam], obs_b[cam])
+        assert 0.0 < info["uncertainty"][cam] < 1.0
+    with pytest.raises(ValueError, match="uncertainty_samples"):
+        PersistWorldEnv(model=str(model_dir), uncertainty_samples=-1)
+    plain.close()
+    spread.close()
