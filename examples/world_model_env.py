@@ -12,8 +12,7 @@ import argparse
 import gymnasium as gym
 
 import persistworld_env  # noqa: F401  (registers the environments)
-from persistworld_env.sim.recording import action_chunks, record_episode
-from persistworld_env.sim.simulator import MiniDROIDSimulator
+from persistworld_env.sim.recording import expert_action_chunks
 
 
 def main() -> None:
@@ -27,10 +26,7 @@ def main() -> None:
     obs, info = env.reset(seed=args.seed)
     print(f"instruction: {info['instruction']}")
     height, width = obs["wrist_left"].shape[1:3]
-    sim = MiniDROIDSimulator(height, width)
-    expert = record_episode(sim, info["episode_seed"], task_family=info["task"])
-    sim.close()
-    chunks = action_chunks(expert, env.unwrapped.model.normalizer)
+    chunks = expert_action_chunks(info["episode_seed"], info["task"], env.unwrapped.model.normalizer, height, width)
     for k in range(min(args.steps, len(chunks))):
         obs, reward, terminated, truncated, info = env.step(chunks[k])
         psnr = info["fidelity"]["psnr"]

@@ -27,6 +27,7 @@ class StepOutput:
 
     latents: torch.Tensor  # (B, 4, C, V*h, w)
     frames: np.ndarray  # (B, 4, V, H, W, 3) uint8
+    alternatives: np.ndarray | None = None  # (B, K, 4, V, H, W, 3) uint8 when asked for
 
 
 class _History:
@@ -139,24 +140,25 @@ class RolloutEngine:
         return history, current, model.denoiser.tokens(token_poses, instructions), new_poses
 
     @torch.no_grad()
-    def step(self, poses: np.ndarray) -> StepOutput:
-        """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames."""
+    def step(self, poses: np.ndarray, alternatives: int = 0) -> StepOutput:
+        """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames.
+
+        ``alternatives`` K > 0 also samples K other clips of the same step (not used by the rollout) into
+        ``StepOutput.alternatives``; their noise is derived from each rollout's own stream without
+        advancing it, so the rollout is the same with or without them.
+        """
         history, current, tokens, new_poses = self._condition(poses)
+        others = self._alternatives(history, current, tokens, alternatives) if alternatives > 0 else None
         clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
         new = clip[:, 1:]
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
         frames = self.model.codec.decode_views(new, num_views=len(self.model.config.cameras)).numpy()
-        return StepOutput(latents=new, frames=frames)
+        return StepOutput(latents=new, frames=frames, alternatives=others)
 
-    @torch.no_grad()
-    def alternatives(self, poses: np.ndarray, samples: int) -> np.ndarray:
-        """``samples`` other clips for the same step, without advancing: uint8 (B, samples, 4, V, H, W, 3).
-
-        Their noise comes from generators seeded by each rollout's own stream, so the result is
-        reproducible and the rollouts' own noise sequence is left as it was.
-        """
-        history, current, tokens, _ = self._condition(poses)
+    def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor,
+                      samples: int) -> np.ndarray:
+        """uint8 (B, samples, 4, V, H, W, 3): other clips for the same conditions."""
         b = history.shape[0]
         gens = []
         for g in self._generators:

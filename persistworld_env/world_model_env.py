@@ -159,15 +159,14 @@ class PersistWorldEnv(gym.Env):
             raise RuntimeError("step() called before reset()")
         normalized = validate_action(action)
         poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
-        others = self.engine.alternatives(poses[None], self.uncertainty_samples)[0] if self.uncertainty_samples else None
         t0 = time.perf_counter()
-        out = self.engine.step(poses[None])
+        out = self.engine.step(poses[None], alternatives=self.uncertainty_samples)
         self.last_step_seconds = time.perf_counter() - t0
         info: dict[str, Any] = {"instruction": self._instruction}
         if self._goal is not None:
             info["goal"] = self._goal
-        if others is not None:  # (K + 1, 4, V, H, W, 3) -> per camera std over samples
-            spread = np.concatenate([out.frames[0][None], others]).astype(np.float32).std(axis=0) / 255.0
+        if out.alternatives is not None:  # (K + 1, 4, V, H, W, 3) -> per camera std over samples
+            spread = np.concatenate([out.frames[0][None], out.alternatives[0]]).astype(np.float32).std(axis=0) / 255.0
             info["uncertainty"] = dict(zip(CAMERAS, spread.mean(axis=(0, 2, 3, 4)).tolist()))
         if self.timing_info:
             info["step_seconds"] = self.last_step_seconds

@@ -14,20 +14,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _expert_chunks(info: dict, normalizer, height: int, width: int, steps: int) -> list[np.ndarray]:
-    """The scripted expert of the reset scene, recorded in a private simulator, cut into env actions."""
-    from persistworld_env.sim.recording import action_chunks, record_episode
-    from persistworld_env.sim.simulator import MiniDROIDSimulator
-
-    sim = MiniDROIDSimulator(height, width)
-    try:
-        record = record_episode(sim, info["episode_seed"], task_family=info["task"])
-    finally:
-        sim.close()
-    chunks = action_chunks(record, normalizer)
-    return chunks + [chunks[-1]] * max(0, steps - len(chunks))
-
-
 def _make_env(model: str | None, device: str, task: str | None):
     """(env, has_model): the world-model env with the simulator alongside, or the simulator alone."""
     import gymnasium as gym
@@ -53,6 +39,7 @@ def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task:
     from rich.table import Table
 
     from persistworld_env.constants import CAMERAS
+    from persistworld_env.sim.recording import expert_action_chunks
     from persistworld_env.visualization import comparison_frames, contact_sheet, write_video
 
     console = Console()
@@ -65,7 +52,7 @@ def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task:
                       f"seed {seed}: '{info['instruction']}'")
         normalizer = env.model.normalizer if has_model else env.normalizer
         height, width = obs[CAMERAS[0]].shape[1:3]
-        chunks = _expert_chunks(info, normalizer, height, width, steps)
+        chunks = expert_action_chunks(info["episode_seed"], info["task"], normalizer, height, width, steps)
         start = np.stack([obs[c][-1] for c in CAMERAS])[None]
         model_frames, truth_frames, step_times, fidelity = [start], [start], [], []
         for k in range(steps):

@@ -61,3 +61,17 @@ def action_chunks(record: EpisodeRecord, normalizer, frames_per_step: int = 4, s
     ticks = np.arange(1, n_chunks * frames_per_step + 1) * stride - 1
     poses = commands[np.minimum(ticks, len(commands) - 1)].reshape(n_chunks, frames_per_step, -1)
     return [normalizer.normalize(c).astype(np.float32) for c in poses]
+
+
+def expert_action_chunks(episode_seed: int, task: str | None, normalizer, height: int, width: int,
+                         steps: int | None = None) -> list[np.ndarray]:
+    """Environment actions of the scripted expert for the scene of ``episode_seed`` (as reported by
+    ``reset``'s ``info["episode_seed"]``), recorded in a private simulator; padded to ``steps`` chunks
+    by repeating the last one."""
+    sim = MiniDROIDSimulator(height, width)
+    try:
+        record = record_episode(sim, episode_seed, task_family=task)
+    finally:
+        sim.close()
+    chunks = action_chunks(record, normalizer)
+    return chunks + [chunks[-1]] * max(0, (steps or 0) - len(chunks))
