@@ -14,3 +14,38 @@ def configure_headless_rendering() -> None:
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+_TORCHVISION_SHIM = None
+
+
+def guard_cpu_torchvision() -> None:
+    """Let a CUDA-built torchvision import against a CPU-only torch.
+
+    torchvision's CUDA wheels register fake kernels for ``torchvision::nms``/``qnms`` at import; when
+    its C extension cannot load (CPU torch), those operators were never defined and ``import
+    torchvision`` fails, which also breaks ``lpips`` and parts of ``diffusers``/``transformers``. Defining
+    the two schemas first lets the pure-Python parts (models, transforms) import; ``torchvision.ops.nms``
+    itself stays unavailable. Does nothing when torchvision is absent, already imported, or healthy.
+    """
+    global _TORCHVISION_SHIM
+    import importlib.util
+
+    if _TORCHVISION_SHIM is not None or "torchvision" in sys.modules:
+        return
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401 - healthy install: nothing to do
+        return
+    except RuntimeError as error:
+        if "torchvision::nms" not in str(error):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    import torch
+
+    library = torch.library.Library("torchvision", "DEF")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SHIM = library  # keep the Library alive: the schemas die with it

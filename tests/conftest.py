@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import persistworld_env.models  # noqa: F401 - installs the CPU torchvision guard before tests import diffusers
+
 from data_helpers import make_episodes, write_dataset
 
 
