@@ -27,7 +27,7 @@ def one_step_fidelity(model: WorldModel, dataset: WorldModelDataset, indices: Se
         tokens = model.denoiser.tokens(batch["pose"].to(model.device), batch["instruction"])
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(video.shape[0])]
         clip = sample_clip(model.denoiser, latents[:, :nh], latents[:, nh], tokens, sampler, gens)
-        generated = model.codec.decode_views(clip[:, 1:], num_views=video.shape[2]).numpy()
+        generated = model.decode(clip[:, 1:], model.reference_correction(video[:, nh], latents[:, nh]))
         truth = video[:, nh + 1:]
         repeat = np.repeat(video[:, nh:nh + 1], truth.shape[1], axis=1)
         scores["psnr"].append(psnr(generated, truth).mean(1))  # (B, V)

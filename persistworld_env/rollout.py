@@ -22,12 +22,24 @@ from persistworld_env.models.world_model import WorldModel
 
 
 @dataclass
+class StepInputs:
+    """What a step's clip was sampled from (the denoiser's conditioning) and the whole sampled clip."""
+
+    history: torch.Tensor  # (B, 6, C, V*h, w) history latents read from the memory
+    current: torch.Tensor  # (B, C, V*h, w) current-frame latent
+    poses: torch.Tensor  # (B, 11, 7) normalised token poses (history, current, 4 commanded)
+    instructions: list[str] | None
+    clip: torch.Tensor  # (B, 5, C, V*h, w) sampled clip (frame 0 re-predicts the current frame)
+
+
+@dataclass
 class StepOutput:
     """The 4 new frames of every rollout: scaled latents and decoded uint8 images (CPU)."""
 
     latents: torch.Tensor  # (B, 4, C, V*h, w)
-    frames: np.ndarray  # (B, 4, V, H, W, 3) uint8
+    frames: np.ndarray | None  # (B, 4, V, H, W, 3) uint8; None when the step was not decoded
     alternatives: np.ndarray | None = None  # (B, K, 4, V, H, W, 3) uint8 when asked for
+    inputs: StepInputs | None = None
 
 
 class _History:
@@ -38,6 +50,12 @@ class _History:
         self.recent: list[tuple[torch.Tensor, torch.Tensor]] = [(latent, pose)]
         self.length = 1
         self.window = window
+
+    def copy(self) -> "_History":
+        """An independent buffer with the same entries (entries are never modified, so they are shared)."""
+        other = _History.__new__(_History)
+        other.first, other.recent, other.length, other.window = self.first, list(self.recent), self.length, self.window
+        return other
 
     def append(self, latent: torch.Tensor, pose: torch.Tensor) -> None:
         self.recent.append((latent, pose))
@@ -69,6 +87,7 @@ class RolloutEngine:
         self._histories: list[_History | None] = []
         self._instructions: list[str | None] = []
         self._generators: list[torch.Generator] = []
+        self._corrections: list[torch.Tensor | None] = []
 
     @property
     def batch_size(self) -> int:
@@ -100,6 +119,7 @@ class RolloutEngine:
         self._histories = [None] * batch_size
         self._instructions = [None] * batch_size
         self._generators = [torch.Generator(device="cpu") for _ in range(batch_size)]
+        self._corrections = [None] * batch_size
 
     @torch.no_grad()
     def reset_slots(self, slots: Sequence[int], frames: np.ndarray, poses: np.ndarray,
@@ -111,15 +131,41 @@ class RolloutEngine:
         poses = _check_poses(poses, (len(slots), POSE_DIM), "poses")
         latents = self.model.codec.encode_views(frames[:, None]).to(self.model.device)[:, 0]  # (n, C, Vh, w)
         normalized = self.model.normalizer.normalize(torch.as_tensor(poses, dtype=torch.float32))
+        corrections = self.model.reference_correction(frames, latents)
         for i, slot in enumerate(slots):
             self._histories[slot] = _History(latents[i], normalized[i].to(self.model.device), self._window)
+            self._corrections[slot] = corrections[i] if corrections is not None else None
             self._instructions[slot] = instructions[i] if instructions is not None else None
             seed = int(seeds[i]) if seeds is not None else int(torch.randint(2**62, (1,)).item())
             self._generators[slot].manual_seed(seed)
 
+    def branch(self, copies: int, seeds: Sequence[int] | None = None) -> "RolloutEngine":
+        """A new engine with ``copies`` continuations of every rollout from its current state.
+
+        Rollout b's copies are rollouts ``b * copies .. b * copies + copies - 1`` of the new engine; they
+        share the history so far (nothing is recomputed) and draw their noise from ``seeds`` (one per new
+        rollout; random when None). This engine is unchanged.
+        """
+        if not self._histories or any(h is None for h in self._histories):
+            raise RuntimeError("RolloutEngine.reset() must be called before branch()")
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        n = self.batch_size * copies
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"need one seed per branched rollout ({n}), got {len(seeds)}")
+        other = RolloutEngine(self.model, self.sampler)
+        other.allocate(n)
+        for j in range(n):
+            other._histories[j] = self._histories[j // copies].copy()
+            other._instructions[j] = self._instructions[j // copies]
+            other._corrections[j] = self._corrections[j // copies]
+            seed = int(seeds[j]) if seeds is not None else int(torch.randint(2**62, (1,)).item())
+            other._generators[j].manual_seed(seed)
+        return other
+
     # -- step ----------------------------------------------------------------------------------
     def _condition(self, poses: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """History latents, current latents, tokens and normalised new poses for a step (nothing changes)."""
+        """History latents, current latents, token poses, instructions and normalised new poses (nothing changes)."""
         if not self._histories or any(h is None for h in self._histories):
             raise RuntimeError("RolloutEngine.reset() must be called before step()")
         poses = _check_poses(poses, (self.batch_size, FRAMES_PER_STEP, POSE_DIM), "poses")
@@ -137,24 +183,33 @@ class RolloutEngine:
         instructions = self._instructions if any(s is not None for s in self._instructions) else None
         if instructions is not None:
             instructions = [s or "" for s in instructions]
-        return history, current, model.denoiser.tokens(token_poses, instructions), new_poses
+        return history, current, token_poses, instructions, new_poses
 
     @torch.no_grad()
-    def step(self, poses: np.ndarray, alternatives: int = 0) -> StepOutput:
+    def step(self, poses: np.ndarray, alternatives: int = 0, decode: bool = True) -> StepOutput:
         """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames.
 
         ``alternatives`` K > 0 also samples K other clips of the same step (not used by the rollout) into
         ``StepOutput.alternatives``; their noise is derived from each rollout's own stream without
-        advancing it, so the rollout is the same with or without them.
+        advancing it, so the rollout is the same with or without them. ``decode=False`` skips decoding
+        (``frames`` is None). ``StepOutput.inputs`` holds the step's conditioning and its whole clip.
         """
-        history, current, tokens, new_poses = self._condition(poses)
+        history, current, token_poses, instructions, new_poses = self._condition(poses)
+        tokens = self.model.denoiser.tokens(token_poses, instructions)
         others = self._alternatives(history, current, tokens, alternatives) if alternatives > 0 else None
         clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
         new = clip[:, 1:]
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
-        frames = self.model.codec.decode_views(new, num_views=len(self.model.config.cameras)).numpy()
-        return StepOutput(latents=new, frames=frames, alternatives=others)
+        frames = self.model.decode(new, self._correction()) if decode else None
+        return StepOutput(latents=new, frames=frames, alternatives=others,
+                          inputs=StepInputs(history, current, token_poses, instructions, clip))
+
+    def _correction(self, repeats: int = 1) -> torch.Tensor | None:
+        """The rollouts' reference corrections (see ``WorldModel.reference_correction``), each repeated."""
+        if self._corrections[0] is None:
+            return None
+        return torch.stack(self._corrections).repeat_interleave(repeats, dim=0)
 
     def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor,
                       samples: int) -> np.ndarray:
@@ -168,7 +223,7 @@ class RolloutEngine:
             gens += [torch.Generator().manual_seed(base + k + 1) for k in range(samples)]
         rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
         clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens)
-        frames = self.model.codec.decode_views(clip[:, 1:], num_views=len(self.model.config.cameras)).numpy()
+        frames = self.model.decode(clip[:, 1:], self._correction(samples))
         return frames.reshape(b, samples, *frames.shape[1:])
 
 

@@ -8,7 +8,7 @@ import torch
 
 from persistworld_env.models.world_model import WorldModel
 from persistworld_env.sim.generation import generate_dataset
-from training.pretrain import PretrainConfig, pretrain
+from training.pretrain import PretrainConfig, export_checkpoint, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,13 @@ def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         assert torch.equal(v1, v2), k
     assert "command" in a.model_card or "steps: 4" in a.model_card
     assert list((tmp_path / "full" / "samples").glob("replay-*.mp4"))
+    # The final checkpoint exported on its own gives the same EMA weights as the run's model/.
+    exported = WorldModel.from_pretrained(export_checkpoint(tmp_path / "full" / "checkpoints" / "checkpoint-00000004",
+                                                            tmp_path / "exported"))
+    for (k, v1), v2 in zip(a.denoiser.state_dict().items(), exported.denoiser.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    with pytest.raises(FileNotFoundError, match="not a complete pretraining checkpoint"):
+        export_checkpoint(tmp_path / "full", tmp_path / "nothing")
 
 
 def test_two_process_cpu_run_with_torchrun(tiny_dataset, tmp_path):

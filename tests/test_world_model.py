@@ -214,3 +214,28 @@ def test_autoencoder_channel_mismatch_is_an_error(normalizer):
     from persistworld_env.models.world_model import WorldModelConfig
     with pytest.raises(ValueError, match="latent channels"):
         WorldModel(WorldModelConfig(scale="tiny"), build_autoencoder("tiny", latent_channels=8), normalizer)
+
+
+def test_reference_decoding_keeps_reference_pixels_of_chosen_cameras(normalizer, tmp_path):
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=("exterior_1_left",)).eval()
+    frames, poses = _start(model)
+    latents = model.codec.encode_views(frames[:, None])[:, 0]
+    plain = model.decode(latents[:, None])[:, 0]
+    corrected = model.decode(latents[:, None], model.reference_correction(frames, latents))[:, 0]
+    # Decoding the reference's own latent returns the reference exactly on camera 0 (D(z) + x - D(z) = x) ...
+    np.testing.assert_array_equal(corrected[:, 0], frames[:, 0])
+    assert not np.array_equal(plain[:, 0], frames[:, 0])
+    # ... and leaves the other cameras to plain decoding.
+    np.testing.assert_array_equal(corrected[:, 1:], plain[:, 1:])
+    # The engine applies the correction of each rollout's own first frame; the setting survives save/load.
+    model.save_pretrained(tmp_path / "ref")
+    loaded = WorldModel.from_pretrained(tmp_path / "ref")
+    assert loaded.config.reference_cameras == ("exterior_1_left",)
+    eng = RolloutEngine(loaded)
+    eng.reset(frames, poses, seeds=[0, 1])
+    out = eng.step(np.tile(poses[:, None], (1, 4, 1)))
+    expected = loaded.decode(out.latents, loaded.reference_correction(frames, latents))
+    np.testing.assert_array_equal(out.frames, expected)
+    with pytest.raises(ValueError, match="reference_cameras"):
+        WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=("top_camera",))

@@ -113,11 +113,11 @@ def _model_card(config: PretrainConfig, summary: dict) -> str:
     lines = [f"# PersistWorld world model ({config.scale})", "",
              "Action-conditioned multi-view latent video diffusion model (Ctrl-World architecture), pretrained "
              "teacher-forced with the EDM objective.", "",
-             f"- data: `{config.data_dir}` ({summary['train_episodes']} training episodes, "
-             f"{summary['val_episodes']} validation episodes)",
+             f"- data: `{config.data_dir}` ({summary.get('train_episodes', '?')} training episodes, "
+             f"{summary.get('val_episodes', '?')} validation episodes)",
              f"- autoencoder: `{config.autoencoder}`",
              f"- command: `{config.command}`",
-             f"- steps: {summary['step']} (batch {config.batch_size} x {summary['processes']} processes), EMA "
+             f"- steps: {summary['step']} (batch {config.batch_size} x {summary.get('processes', 1)} processes), EMA "
              f"decay {config.ema_decay}, weights: EMA",
              "", "## Validation (one clip, real history, EMA weights)", "",
              "| camera | PSNR | SSIM | repeat-frame PSNR | repeat-frame SSIM |", "|---|---|---|---|---|"]
@@ -253,9 +253,43 @@ def pretrain(config: PretrainConfig) -> dict:
     return summary
 
 
+def export_checkpoint(checkpoint: str | Path, out: str | Path, model_card: str | None = None) -> Path:
+    """Write the EMA weights of a pretraining checkpoint as a standalone model directory.
+
+    Uses the run's stored config (data for the pose statistics, autoencoder, scale), so a run can be
+    inspected or shipped at any checkpoint without stopping it.
+    """
+    from persistworld_env.data.lerobot_reader import LeRobotEpisodes
+    from persistworld_env.data.stats import PoseNormalizer
+    from persistworld_env.models.autoencoder import load_autoencoder
+    from persistworld_env.models.world_model import WorldModel
+
+    checkpoint = Path(checkpoint)
+    state_file, ema_file = checkpoint / "trainer_state.json", checkpoint / "custom_checkpoint_0.pkl"
+    for f in (state_file, ema_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"not a complete pretraining checkpoint: missing {f}")
+    state = json.loads(state_file.read_text())
+    config = PretrainConfig(**{**state["config"], "val_episodes": None})
+    normalizer = PoseNormalizer.from_dataset(config.data_dir)
+    reader = LeRobotEpisodes(config.data_dir)
+    height, width = reader.image_shape(reader.cameras[0])
+    autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
+    model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
+    ema = torch.load(ema_file, map_location="cpu", weights_only=False)
+    params = list(model.denoiser.parameters())
+    if len(ema["shadow_params"]) != len(params):
+        raise ValueError(f"{ema_file} does not match the {config.scale!r} denoiser")
+    with torch.no_grad():
+        for p, shadow in zip(params, ema["shadow_params"]):
+            p.copy_(shadow)
+    card = model_card or _model_card(config, {"step": state["step"], "validation": {}})
+    return model.save_pretrained(out, model_card=card)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = PretrainConfig(data_dir="", out_dir="")
-    parser.add_argument("--data", required=True, help="LeRobot-layout dataset (e.g. from persistworld generate)")
+    parser.add_argument("--data", default=None, help="LeRobot-layout dataset (e.g. from persistworld generate)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints/, logs/ (TensorBoard), model/")
     parser.add_argument("--autoencoder", default=None, help="trained autoencoder directory (persistworld train-vae)")
     parser.add_argument("--scale", default=d.scale, choices=["tiny", "default", "ctrl-world"])
@@ -271,6 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-latent-cache", dest="latent_cache", action="store_false",
                         help="encode frames at every step instead of once per episode")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--export", metavar="CHECKPOINT", default=None,
+                        help="instead of training: write the EMA weights of this checkpoint folder as a model "
+                             "directory at --out (the run's own settings are read from the checkpoint)")
     return parser
 
 
@@ -287,6 +324,11 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.export:
+        print(f"wrote {export_checkpoint(args.export, args.out)}")
+        return 0
+    if not args.data:
+        raise SystemExit("persistworld pretrain: --data is required (unless --export)")
     summary = pretrain(config_from_args(args))
     print(json.dumps(summary, indent=2))
     return 0

@@ -168,6 +168,10 @@ class LatentCodec:
 
     def decode_views(self, latents: torch.Tensor, num_views: int) -> torch.Tensor:
         """Scaled latents ``(B, F, C, V * h, w)`` -> uint8 ``(B, F, V, H, W, 3)`` on the CPU."""
+        return float_to_uint8(self.decode_views_float(latents, num_views)).cpu()
+
+    def decode_views_float(self, latents: torch.Tensor, num_views: int) -> torch.Tensor:
+        """Scaled latents ``(B, F, C, V * h, w)`` -> float images ``(B, F, V, 3, H, W)`` (about [-1, 1])."""
         if latents.ndim != 5:
             raise ValueError(f"expected latents (B, F, C, V*h, w), got shape {tuple(latents.shape)}")
         b, f = latents.shape[:2]
@@ -179,7 +183,7 @@ class LatentCodec:
         else:
             x = self.decode_images(per_view.reshape(b * f * num_views, *per_view.shape[3:]))
             x = x.reshape(b, f, num_views, *x.shape[1:])
-        return float_to_uint8(x).cpu()
+        return x
 
     def reconstruct_views(self, frames: ImageArray) -> torch.Tensor:
         """Encode then decode uint8 ``(B, F, V, H, W, 3)`` frames (for quality checks)."""

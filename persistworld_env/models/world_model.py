@@ -19,16 +19,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH, EXTERIOR_CAMERAS
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import ModelLoadError, build_autoencoder, load_autoencoder
 from persistworld_env.models.clip_sampler import SamplerConfig
 from persistworld_env.models.denoiser import DENOISER_SCALES, DenoiserConfig, WorldModelDenoiser
-from persistworld_env.models.image_codec import LatentCodec
+from persistworld_env.models.image_codec import LatentCodec, float_to_uint8, uint8_to_float
 
 CONFIG_FILE = "config.json"
 NORMALIZATION_FILE = "normalization.json"
@@ -37,6 +38,8 @@ AUTOENCODER_DIR = "autoencoder"
 MODEL_CARD = "README.md"
 #: Sampling defaults per scale (Ctrl-World: 50 Euler steps, guidance 2, sigma_max 700).
 SAMPLER_SCALES: dict[str, dict] = {"ctrl-world": {"steps": 50, "guidance": 2.0, "sigma_max": 700.0}}
+#: Cameras decoded relative to the reference frame, per scale (the fixed MiniDROID cameras at ``default``).
+REFERENCE_CAMERAS_SCALES: dict[str, tuple[str, ...]] = {"default": EXTERIOR_CAMERAS}
 #: Names resolved to model directories shipped inside the package.
 EMBEDDED_MODELS = {"default": "default_model"}
 
@@ -54,10 +57,16 @@ class WorldModelConfig:
     #: Memory read at every step: entries of the history buffer (one per step, the last is the current
     #: frame; 0 is the real first frame). Default = training's spacing of one step (4 frames at 5 Hz).
     history_offsets: tuple[int, ...] = (-7, -6, -5, -4, -3, -2)
+    #: Cameras decoded relative to the rollout's reference (first real) frame: frame = reference +
+    #: D(z) - D(z_reference). For cameras fixed in the scene this keeps whatever the model leaves
+    #: unchanged pixel-exact instead of re-rendering it through the autoencoder at every step.
+    #: Empty = plain decoding D(z) (Ctrl-World's behaviour).
+    reference_cameras: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cameras"], d["history_offsets"] = list(self.cameras), list(self.history_offsets)
+        d["reference_cameras"] = list(self.reference_cameras)
         return d
 
     @classmethod
@@ -66,6 +75,7 @@ class WorldModelConfig:
         d["denoiser"] = DenoiserConfig.from_dict(d["denoiser"])
         d["sampler"] = SamplerConfig(**d["sampler"])
         d["cameras"], d["history_offsets"] = tuple(d["cameras"]), tuple(d["history_offsets"])
+        d["reference_cameras"] = tuple(d.get("reference_cameras", ()))
         return cls(**d)
 
 
@@ -83,6 +93,9 @@ class WorldModel(nn.Module):
         if any(o > 0 for o in config.history_offsets) or len(config.history_offsets) != config.denoiser.num_history:
             raise ValueError(f"history_offsets must be {config.denoiser.num_history} offsets <= 0, "
                              f"got {config.history_offsets}")
+        unknown = set(config.reference_cameras) - set(config.cameras)
+        if unknown:
+            raise ValueError(f"reference_cameras {sorted(unknown)} are not among the cameras {config.cameras}")
         self.config = config
         self.autoencoder = autoencoder
         self.codec = LatentCodec(autoencoder)
@@ -110,12 +123,40 @@ class WorldModel(nn.Module):
         denoiser_cfg = DenoiserConfig.from_dict({**DENOISER_SCALES[scale].to_dict(), **(denoiser_overrides or {}),
                                                  "latent_channels": channels})
         config_overrides.setdefault("sampler", SamplerConfig(**SAMPLER_SCALES.get(scale, {})))
+        config_overrides.setdefault("reference_cameras", REFERENCE_CAMERAS_SCALES.get(scale, ()))
         config = WorldModelConfig(scale=scale, height=height, width=width, denoiser=denoiser_cfg, **config_overrides)
         return cls(config, autoencoder, normalizer)
 
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    # -- decoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_correction(self, frames: np.ndarray, latents: torch.Tensor) -> torch.Tensor | None:
+        """What plain decoding loses on the reference frame, for the ``reference_cameras`` (zero elsewhere).
+
+        Args:
+            frames: uint8 (B, V, H, W, 3), the reference (real first) frames.
+            latents: their scaled latents (B, C, V*h, w).
+        Returns float (B, V, 3, H, W) to add to decoded frames, or None when no camera uses it.
+        """
+        if not self.config.reference_cameras:
+            return None
+        views = len(self.config.cameras)
+        decoded = self.codec.decode_views_float(latents[:, None], views)[:, 0]
+        correction = uint8_to_float(frames, device=decoded.device) - decoded
+        mask = torch.tensor([c in self.config.reference_cameras for c in self.config.cameras],
+                            dtype=correction.dtype, device=correction.device)
+        return correction * mask[:, None, None, None]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, correction: torch.Tensor | None = None) -> np.ndarray:
+        """Latents (B, F, C, V*h, w) -> uint8 frames (B, F, V, H, W, 3), with the rollouts' reference correction."""
+        x = self.codec.decode_views_float(latents, len(self.config.cameras))
+        if correction is not None:
+            x = x + correction.to(x.device)[:, None]
+        return float_to_uint8(x).cpu().numpy()
 
     # -- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, model_card: str | None = None) -> Path:
