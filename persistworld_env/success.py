@@ -1,0 +1,82 @@
+"""The sparse success reward of ``PersistWorld-DROID-v0`` (``reward="success"``), judged by a learned detector.
+
+:class:`SuccessReward` runs the success detector (:mod:`persistworld_env.models.success_detector`) on the
+latest generated frame of every camera with the episode's instruction: reward 1.0 and termination when
+P(success) exceeds the threshold, else 0.0; ``info["success_probability"]`` and ``info["success"]``
+report the verdict. :func:`load_success_detector` finds the detector: an explicit path or loaded model,
+else the ``success_detector/`` folder of the world model directory (the embedded default model ships one).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.success_detector import CONFIG_FILE, DETECTOR_SUBDIR, SuccessDetector
+
+
+def model_directory(model: Any) -> Path | None:
+    """The directory of a world model given as a path or an embedded name; None for a loaded model."""
+    if isinstance(model, (str, os.PathLike)):
+        from persistworld_env.models.world_model import EMBEDDED_MODELS, embedded_model_dir
+
+        return embedded_model_dir(str(model)) if str(model) in EMBEDDED_MODELS else Path(model)
+    return None
+
+
+def load_success_detector(detector: Any = None, model: Any = None, device: str = "cpu") -> SuccessDetector:
+    """The success detector to use: ``detector`` (a loaded one or a directory), else ``<model dir>/success_detector``.
+
+    Raises:
+        ModelLoadError: no detector was given and the world model directory has none, or loading failed.
+    """
+    if isinstance(detector, SuccessDetector):
+        return detector.to(device).eval()
+    if detector is not None:
+        return SuccessDetector.from_pretrained(detector, device=device)
+    directory = model_directory(model)
+    if directory is None:
+        raise ModelLoadError("reward='success' with a loaded WorldModel needs success_detector=<detector directory "
+                             "or SuccessDetector> (train one with `persistworld train-success`)")
+    candidate = directory / DETECTOR_SUBDIR
+    if not (candidate / CONFIG_FILE).is_file():
+        raise ModelLoadError(f"reward='success' needs a success detector, and the world model has none at {candidate}; "
+                             "pass success_detector=<directory> (train one with `persistworld train-success`)")
+    return SuccessDetector.from_pretrained(candidate, device=device)
+
+
+class SuccessReward:
+    """``(obs, info) -> 1.0 | 0.0``: the detector's verdict on the latest frame of every camera.
+
+    Adds ``info["success_probability"]`` (float) and ``info["success"]`` (bool) and reads the
+    instruction from ``info["instruction"]``.
+
+    Args:
+        detector: the success detector.
+        threshold: P(success) above which the step counts as a success (None: the detector's own).
+        height, width: the environment's image size (must match the detector's).
+    """
+
+    def __init__(self, detector: SuccessDetector, threshold: float | None = None, height: int | None = None,
+                 width: int | None = None) -> None:
+        cfg = detector.config
+        threshold = cfg.threshold if threshold is None else float(threshold)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"success_threshold must be in (0, 1), got {threshold}")
+        if (height, width) != (None, None) and (height, width) != (cfg.height, cfg.width):
+            raise ValueError(f"the success detector expects {cfg.height}x{cfg.width} frames, the environment makes "
+                             f"{height}x{width}; use a detector trained at this size")
+        self.detector, self.threshold = detector, threshold
+
+    def probability(self, obs: dict, instruction: str) -> float:
+        """P(success) of the latest frame of each camera in ``obs``."""
+        frames = np.stack([obs[c][-1] for c in self.detector.config.cameras])
+        return float(self.detector.predict_proba(frames[None], [instruction])[0])
+
+    def __call__(self, obs: dict, info: dict) -> float:
+        p = self.probability(obs, str(info.get("instruction", "")))
+        info["success_probability"], info["success"] = p, p > self.threshold
+        return 1.0 if info["success"] else 0.0
