@@ -1,0 +1,176 @@
+"""Multi-view perceptual rewards of candidate continuations against the ground-truth future.
+
+For a group of K candidates, each C clips long (4 frames per clip, V cameras):
+
+1. per camera and frame: PSNR (data range 1, capped at ``PSNR_CAP_DB``), SSIM, LPIPS against the truth;
+2. per clip: the mean over its 4 frames -> arrays (K, C, V) per metric;
+3. per candidate: the mean over its clips -> (K, V);
+4. each (metric, camera) column normalised within the group: z = s (m - mean_K) / (std_K + 1e-4), with
+   s = +1 where higher is better (PSNR, SSIM) and -1 for LPIPS;
+5. R = sum_{m,v} w_m w_v z_{m,v} / sum_{m,v} w_m w_v, the weights of :class:`RewardWeights`.
+
+Defaults weigh the three metrics and the three cameras equally. Without LPIPS (``--lpips off``) the
+LPIPS weight is dropped and the reward is PSNR + SSIM only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from persistworld_env.constants import CAMERAS
+from persistworld_env.metrics import psnr, ssim
+from persistworld_env.perceptual import LPIPSMetric
+
+METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
+#: +1 where a higher value is better, -1 where lower is better.
+METRIC_SIGN: dict[str, float] = {"psnr": 1.0, "ssim": 1.0, "lpips": -1.0}
+#: Identical frames have infinite PSNR; a frame's PSNR is capped here so group statistics stay finite.
+PSNR_CAP_DB = 60.0
+NORMALIZE_EPS = 1e-4
+
+
+def _check_weights(weights: Mapping[str, float], allowed: tuple[str, ...], what: str) -> dict[str, float]:
+    weights = {str(k): float(v) for k, v in weights.items()}
+    unknown = set(weights) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)} in reward weights; choose from {allowed}")
+    if any(not np.isfinite(v) or v < 0 for v in weights.values()) or not any(v > 0 for v in weights.values()):
+        raise ValueError(f"{what} weights must be finite, >= 0 and not all 0, got {weights}")
+    return weights
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights over metrics and cameras (non-negative; normalised by their sum of products)."""
+
+    metrics: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METRICS})
+    cameras: Mapping[str, float] = field(default_factory=lambda: {c: 1.0 for c in CAMERAS})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", _check_weights(self.metrics, METRICS, "metrics"))
+        object.__setattr__(self, "cameras", _check_weights(self.cameras, CAMERAS, "cameras"))
+
+    @classmethod
+    def parse(cls, metrics: str | None = None, cameras: str | None = None) -> "RewardWeights":
+        """From command-line text such as ``"psnr=1,ssim=1,lpips=2"`` and ``"wrist_left=2"`` (unnamed = 1 / default)."""
+        defaults = cls()
+        return cls({**defaults.metrics, **_parse_pairs(metrics)}, {**defaults.cameras, **_parse_pairs(cameras)})
+
+    def used_metrics(self, lpips_available: bool) -> tuple[str, ...]:
+        """Metrics with a positive weight that can be computed."""
+        return tuple(m for m in METRICS if self.metrics.get(m, 0) > 0 and (m != "lpips" or lpips_available))
+
+
+def _parse_pairs(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad weight {item!r}: expected name=number") from None
+        if not sep:
+            raise ValueError(f"bad weight {item!r}: expected name=number")
+    return out
+
+
+def clip_metrics(generated: np.ndarray, truth: np.ndarray, lpips: LPIPSMetric | None = None,
+                 metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
+    """Per clip and camera means over the clip's frames.
+
+    Args:
+        generated, truth: uint8 (..., F, V, H, W, 3) of one shape (F frames of a clip, V cameras).
+        lpips: the LPIPS metric (required if "lpips" is in ``metrics``).
+    Returns ``{metric: float64 (..., V)}``.
+    """
+    generated, truth = np.asarray(generated), np.asarray(truth)
+    if generated.shape != truth.shape or generated.ndim < 5:
+        raise ValueError(f"expected generated and truth of one shape (..., F, V, H, W, 3), got {generated.shape} "
+                         f"and {truth.shape}")
+    out: dict[str, np.ndarray] = {}
+    for m in metrics:
+        if m == "psnr":
+            values = np.minimum(psnr(generated, truth), PSNR_CAP_DB)
+        elif m == "ssim":
+            values = ssim(generated, truth)
+        elif m == "lpips":
+            if lpips is None:
+                raise ValueError("the lpips metric was asked for without an LPIPSMetric")
+            values = lpips(generated, truth)
+        else:
+            raise ValueError(f"unknown metric {m!r}; choose from {METRICS}")
+        out[m] = np.asarray(values, dtype=np.float64).mean(axis=-2)
+    return out
+
+
+def normalize_in_group(values: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
+    """(x - mean) / (std + eps) over the first axis (the K candidates of a group; population std)."""
+    values = np.asarray(values, dtype=np.float64)
+    return (values - values.mean(axis=0)) / (values.std(axis=0) + eps)
+
+
+def combine_rewards(candidate_metrics: Mapping[str, np.ndarray], weights: RewardWeights,
+                    cameras: tuple[str, ...] = CAMERAS) -> np.ndarray:
+    """Scalar reward (K,) from per-candidate metrics ``{metric: (K, V)}`` (step 4-5 of the module docstring)."""
+    total, norm = 0.0, 0.0
+    for m, values in candidate_metrics.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(cameras):
+            raise ValueError(f"{m}: expected (K, {len(cameras)}) values, got {values.shape}")
+        z = METRIC_SIGN[m] * normalize_in_group(values)
+        w = weights.metrics.get(m, 0.0) * np.array([weights.cameras.get(c, 0.0) for c in cameras])
+        total = total + z @ w
+        norm += w.sum()
+    if norm <= 0:
+        raise ValueError("no metric and camera with a positive weight to build rewards from")
+    return total / norm
+
+
+@dataclass
+class GroupScores:
+    """Scores of one group: per clip metrics ``{m: (K, C, V)}`` and the scalar reward per candidate (K,)."""
+
+    clip_metrics: dict[str, np.ndarray]
+    rewards: np.ndarray
+
+    def camera_means(self, cameras: tuple[str, ...] = CAMERAS) -> dict[str, float]:
+        """``"metric/camera"`` -> mean over candidates and clips (for logging)."""
+        return {f"{m}/{c}": float(v[..., i].mean())
+                for m, v in self.clip_metrics.items() for i, c in enumerate(cameras)}
+
+
+class RewardScorer:
+    """Scores groups of candidates: ``scorer(generated (K, C, F, V, H, W, 3), truth (C, F, V, H, W, 3))``."""
+
+    def __init__(self, weights: RewardWeights | None = None, lpips: LPIPSMetric | None = None,
+                 cameras: tuple[str, ...] = CAMERAS) -> None:
+        self.weights = weights or RewardWeights()
+        self.lpips = lpips
+        self.cameras = tuple(cameras)
+        self.metrics = self.weights.used_metrics(lpips is not None)
+        if not self.metrics:
+            raise ValueError(f"no reward metric left: weights {self.weights.metrics} with LPIPS "
+                             f"{'on' if lpips is not None else 'off'}")
+
+    @property
+    def description(self) -> str:
+        """E.g. ``"psnr=1 ssim=1 lpips(alexnet)=1"``: what the reward is made of."""
+        parts = []
+        for m in self.metrics:
+            name = f"lpips({self.lpips.backbone})" if m == "lpips" else m
+            parts.append(f"{name}={self.weights.metrics[m]:g}")
+        return " ".join(parts)
+
+    def __call__(self, generated: np.ndarray, truth: np.ndarray) -> GroupScores:
+        generated, truth = np.asarray(generated), np.asarray(truth)
+        if generated.ndim != 7 or truth.shape != generated.shape[1:]:
+            raise ValueError(f"expected generated (K, C, F, V, H, W, 3) and truth (C, F, V, H, W, 3), got "
+                             f"{generated.shape} and {truth.shape}")
+        truth = np.repeat(truth[None], generated.shape[0], axis=0)
+        per_clip = clip_metrics(generated, truth, self.lpips, self.metrics)
+        per_candidate = {m: v.mean(axis=1) for m, v in per_clip.items()}
+        return GroupScores(per_clip, combine_rewards(per_candidate, self.weights, self.cameras))

@@ -1,0 +1,138 @@
+"""``persistworld posttrain`` on a tiny model: the group procedure, a full run, exact resume, the NaN guard."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_helpers import INSTRUCTIONS
+from persistworld_env.data.lerobot_reader import LeRobotEpisodes
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.posttrain.groups import GroupSpec, collect_group, draw_group
+from persistworld_env.posttrain.truth import DatasetTruth
+from persistworld_env.rewards import RewardScorer
+from persistworld_env.rollout import RolloutEngine
+from posttrain_helpers import H, W, write_tiny_setup
+from training.posttrain import PosttrainConfig, posttrain
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_setup(tmp_path_factory.mktemp("posttrain"))
+
+
+def _config(tiny, out, **kw) -> PosttrainConfig:
+    data, model = tiny
+    base = PosttrainConfig(data_dir=str(data), out_dir=str(out), model=str(model), groups=4, candidates=3,
+                           max_prefix=1, max_clips=2, sampling_steps=2, lpips="off", checkpoint_every=2, eval_every=4,
+                           eval_steps=2, val_episodes=(3,), num_threads=1)
+    return dataclasses.replace(base, **kw)
+
+
+def test_draw_group_stays_inside_episodes_and_covers_the_ranges():
+    rng = np.random.default_rng(0)
+    available = {0: 3, 1: 9, 2: 1}
+    specs = [draw_group(rng, available, max_prefix=6, max_clips=2) for _ in range(400)]
+    assert all(0 <= s.start and s.start + s.prefix_steps + s.clips <= available[s.episode] for s in specs)
+    assert {s.prefix_steps for s in specs if s.episode == 1} == set(range(7))
+    assert {s.clips for s in specs} == {1, 2} and {s.episode for s in specs} == {0, 1, 2}
+    assert all(s.prefix_steps == 0 and s.clips == 1 for s in specs if s.episode == 2)
+    with pytest.raises(ValueError, match="max_clips"):
+        draw_group(rng, available, 1, 0)
+    with pytest.raises(ValueError, match="no episode"):
+        draw_group(rng, {0: 0}, 1, 1)
+
+
+def test_collect_group_branches_k_candidates_from_one_prefix(tiny):
+    data, model_dir = tiny
+    model = WorldModel.from_pretrained(model_dir)
+    truth = DatasetTruth(LeRobotEpisodes(data), [1])
+    spec = GroupSpec(episode=1, start=1, prefix_steps=1, clips=2)
+    episode = truth.episode(1, spec.start + spec.steps).window(spec.start, spec.steps)
+    engine = RolloutEngine(model).with_sampler(steps=2)
+    samples = collect_group(engine, episode, spec, seeds=[0, 1, 2, 3], scorer=RewardScorer())
+    k, c = 3, 2
+    assert len(samples) == k * c and samples.frames.shape == (k, c, 4, 3, H, W, 3)
+    np.testing.assert_array_equal(samples.candidate, [0, 0, 1, 1, 2, 2])
+    assert samples.x0.shape == (k * c, 5, *samples.current.shape[1:]) and samples.poses.shape == (k * c, 11, 7)
+    assert samples.instructions == [INSTRUCTIONS[1]] * (k * c)
+    first_clips = samples.history[0::c]  # every candidate's first clip: the same frozen prefix state
+    assert torch.equal(first_clips[0], first_clips[1]) and torch.equal(first_clips[0], first_clips[2])
+    assert not torch.equal(samples.x0[0], samples.x0[2])  # different noise, different candidates
+    assert not torch.equal(samples.history[0], samples.history[1])  # clip 2 remembers clip 1
+    assert samples.scores.clip_metrics["psnr"].shape == (k, c, 3) and samples.rewards.shape == (k,)
+    assert set(samples.timings) == {"prefix", "candidates", "rewards"}
+    batch = samples.batch(slice(1, 3))
+    assert torch.equal(batch["x0"], samples.x0[1:3]) and len(batch["instructions"]) == 2
+
+
+def test_run_writes_a_loadable_model_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+    import gymnasium as gym
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import persistworld_env  # noqa: F401
+
+    full = posttrain(_config(tiny, tmp_path / "full", lpips="random", groups=3))
+    assert full["step"] == 3 and full["bad_steps"] == 0 and full["lpips_backbone"] == "alexnet-random"
+    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=2))  # "interrupted" after 2 groups
+    with pytest.raises(FileExistsError, match="--resume"):
+        posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3))
+    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3, resume=True))
+    for name in ("model.safetensors", "custom_checkpoint_0.pkl", "optimizer.bin"):  # adapters, old state, Adam
+        a, b = (tmp_path / run / "checkpoints" / "checkpoint-00000003" / name for run in ("full", "split"))
+        if name.endswith(".safetensors"):
+            sa, sb = load_file(a), load_file(b)
+            assert any(".lora_B.old." in k for k in sa) and all(torch.equal(sa[k], sb[k]) for k in sa)
+        else:
+            ta, tb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+            assert repr(ta) == repr(tb), name
+    base = WorldModel.from_pretrained(tiny[1]).denoiser.state_dict()
+    merged = [WorldModel.from_pretrained(tmp_path / run / "model").denoiser.state_dict() for run in ("full", "split")]
+    assert all(torch.equal(merged[0][k], merged[1][k]) for k in base)
+    assert any(not torch.equal(merged[0][k], base[k]) for k in base)  # the update changed the model
+    assert "RL post-trained" in (tmp_path / "full" / "model" / "README.md").read_text()
+    env = gym.make("PersistWorld-DROID-v0", model=str(tmp_path / "full" / "model"), sampling_steps=2)
+    env.reset(seed=0)
+    env.close()
+    assert list((tmp_path / "full" / "samples").glob("replay-*.mp4"))
+    events = EventAccumulator(str(tmp_path / "full" / "logs"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"reward/psnr/wrist_left", "reward/lpips/exterior_1_left", "train/loss", "train/positive",
+            "train/negative", "train/reference_l2", "train/grad_norm", "time/step_seconds", "time/prefix_seconds",
+            "time/candidates_seconds", "time/rewards_seconds", "time/update_seconds", "val/psnr/wrist_left"} <= scalars
+    assert "train/r" in events.Tags()["histograms"]
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["reward"] == "psnr=1 ssim=1 lpips(alexnet-random)=1"
+
+
+def test_non_finite_loss_is_skipped_and_counted(tiny, tmp_path, monkeypatch):
+    import persistworld_env.posttrain.update as update
+
+    real, calls = update.nft_batch_loss, []
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(update, "nft_batch_loss", poisoned)
+    summary = posttrain(_config(tiny, tmp_path / "nan", groups=2, max_clips=1, eval_every=100))
+    assert summary["bad_steps"] == 1 and summary["step"] == 2
+    weights = WorldModel.from_pretrained(tmp_path / "nan" / "model").denoiser.state_dict().values()
+    assert all(torch.isfinite(v).all() for v in weights)
+
+
+def test_bad_settings_are_clear_errors(tiny, tmp_path):
+    with pytest.raises(ValueError, match="truth"):
+        _config(tiny, tmp_path, truth="replay")
+    with pytest.raises(ValueError, match="candidates must be >= 2"):
+        _config(tiny, tmp_path, candidates=1)
+    with pytest.raises(ValueError, match="--truth sim"):
+        _config(tiny, tmp_path, action_noise=0.1)
