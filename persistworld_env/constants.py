@@ -37,6 +37,9 @@ STATE_JOINT = "observation.state.joint_position"
 ACTION_CARTESIAN = "action.cartesian_position"
 ACTION_GRIPPER = "action.gripper_position"
 ACTION_JOINT = "action.joint_position"
+#: Per-frame success label (bool): the task's success predicate holds in the state the frame shows.
+#: Not under ``observation.`` so LeRobot policies never take it as an input (like ``is_terminal``).
+FRAME_SUCCESS = "is_success"
 
 
 def image_key(camera: str) -> str:

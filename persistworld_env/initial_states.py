@@ -48,8 +48,10 @@ class SimStarts:
     def get(self, seed: int, task: str | None = None) -> StartState:
         self.sim.reset(seed, task)
         frames = self.sim.render()
+        target = self.sim.task.target
         return StartState(np.stack([frames[c] for c in CAMERAS]), self.sim.pose(), self.sim.instruction,
-                          {"source": "sim", "episode_seed": int(seed), "task": self.sim.task.family})
+                          {"source": "sim", "episode_seed": int(seed), "task": self.sim.task.family,
+                           "target_position": self.sim.object_position(target).astype(np.float32).copy()})
 
     def close(self) -> None:
         self.sim.close()

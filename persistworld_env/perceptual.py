@@ -23,6 +23,8 @@ import torch
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 WEIGHTS_ENV = "PERSISTWORLD_ALEXNET_WEIGHTS"
 LPIPS_MODES = ("real", "random", "off")
+#: Smallest image side AlexNet's five conv/pool stages accept.
+MIN_IMAGE_SIZE = 31
 
 
 class LPIPSWeightsMissing(RuntimeError):
@@ -55,6 +57,9 @@ class LPIPSMetric:
         pred, target = np.asarray(pred), np.asarray(target)
         if pred.shape != target.shape or pred.shape[-1] != 3:
             raise ValueError(f"expected two (..., H, W, 3) arrays of one shape, got {pred.shape} and {target.shape}")
+        if min(pred.shape[-3:-1]) < MIN_IMAGE_SIZE:
+            raise ValueError(f"LPIPS (AlexNet) needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels, "
+                             f"got {pred.shape[-3]}x{pred.shape[-2]}")
         lead = pred.shape[:-3]
         a = pred.reshape(-1, *pred.shape[-3:])
         b = target.reshape(-1, *target.shape[-3:])

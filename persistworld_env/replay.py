@@ -31,6 +31,18 @@ class ReplayEpisode:
     def steps(self) -> int:
         return int(self.poses.shape[0])
 
+    def window(self, start: int, steps: int) -> "ReplayEpisode":
+        """The ``steps`` replay steps that begin after step ``start`` (0 = the episode's first frame)."""
+        if start < 0 or steps < 1 or start + steps > self.steps:
+            raise ValueError(f"episode {self.episode_index} has {self.steps} replay steps; cannot take {steps} "
+                             f"from step {start}")
+        if start == 0:
+            first_frames, first_pose = self.first_frames, self.first_pose
+        else:
+            first_frames, first_pose = self.frames[start - 1, -1], self.poses[start - 1, -1]
+        return ReplayEpisode(self.episode_index, self.instruction, first_frames, first_pose,
+                             self.poses[start:start + steps], self.frames[start:start + steps])
+
 
 def max_replay_steps(length: int) -> int:
     """Whole steps that fit in an episode of ``length`` recorded (15 Hz) frames."""
@@ -66,6 +78,30 @@ def rollout_replay(engine: RolloutEngine, episodes: Sequence[ReplayEpisode], ste
     return np.stack(out, axis=1)
 
 
-def fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-camera metrics averaged over the 4 frames of each step: arrays (B, steps, V)."""
-    return {"psnr": psnr(generated, truth).mean(axis=2), "ssim": ssim(generated, truth).mean(axis=2)}
+def select_replay_episodes(reader: LeRobotEpisodes, candidates: Sequence[int], steps: int,
+                           limit: int | None = None) -> list[int]:
+    """The first ``limit`` (all when None) of ``candidates`` long enough for ``steps`` replay steps, in order."""
+    eligible = [int(e) for e in candidates if max_replay_steps(reader.length(int(e))) >= steps]
+    return eligible if limit is None else eligible[:limit]
+
+
+def fidelity(generated: np.ndarray, truth: np.ndarray, lpips=None) -> dict[str, np.ndarray]:
+    """Per-camera metrics averaged over the 4 frames of each step: arrays (B, steps, V).
+
+    ``generated`` and ``truth`` are uint8 (B, steps, 4, V, H, W, 3). PSNR and SSIM always; LPIPS too
+    when an ``lpips`` metric (:func:`persistworld_env.perceptual.build_lpips`) is given.
+    """
+    scores = {"psnr": psnr(generated, truth).mean(axis=2), "ssim": ssim(generated, truth).mean(axis=2)}
+    if lpips is not None:
+        scores["lpips"] = np.asarray(lpips(generated, truth), dtype=np.float64).mean(axis=2)
+    return scores
+
+
+def write_replay_video(engine: RolloutEngine, episode: ReplayEpisode, path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Replay all of ``episode``'s steps, write a truth-over-model mp4 to ``path``; returns its :func:`fidelity`."""
+    from persistworld_env.visualization import comparison_frames, write_video
+
+    generated = rollout_replay(engine, [episode], episode.steps, seeds=[seed])
+    flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731  (steps, 4, ...) -> (frames, ...)
+    write_video(comparison_frames(flat(episode.frames), flat(generated[0])), path)
+    return fidelity(generated, episode.frames[None])

@@ -20,7 +20,8 @@ from gymnasium.vector.utils import batch_space
 from persistworld_env.constants import CAMERAS, MODEL_FPS
 from persistworld_env.registration import MAX_EPISODE_STEPS
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
-from persistworld_env.world_model_env import RewardFn, load_engine, make_starts, resolve_start
+from persistworld_env.world_model_env import (RewardFn, build_reward, fresh_copy, load_engine, make_starts,
+                                              resolve_start, step_info)
 
 
 class PersistWorldVectorEnv(VectorEnv):
@@ -30,7 +31,8 @@ class PersistWorldVectorEnv(VectorEnv):
         num_envs: number of sub-environments.
         max_episode_steps: truncation horizon per sub-env (steps of 0.8 s).
         autoreset: ``"next_step"`` or ``"same_step"`` (see module docstring).
-        Other arguments as :class:`persistworld_env.world_model_env.PersistWorldEnv`.
+        Other arguments as :class:`persistworld_env.world_model_env.PersistWorldEnv` (``reward="goal"``,
+        which needs goal images per episode, is single-env only).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "render_fps": MODEL_FPS}
@@ -39,7 +41,8 @@ class PersistWorldVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, model: Any = "default", device: str = "cpu",
                  sampling_steps: int | None = None, guidance: float | None = None, reward: RewardFn | None = None,
                  initial_state: str = "sim", task: str | None = None,
-                 max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step") -> None:
+                 max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step",
+                 success_detector: Any = None, success_threshold: float | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:
@@ -52,11 +55,16 @@ class PersistWorldVectorEnv(VectorEnv):
         self.single_action_space = action_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.reward_fn, self.task, self.max_episode_steps = reward, task, max_episode_steps
+        if reward == "goal":
+            raise ValueError("reward='goal' needs goal images per episode: use the single env (PersistWorldEnv)")
+        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width)
+        self._terminate_on_success = reward == "success"
+        self.task, self.max_episode_steps = task, max_episode_steps
         self.starts = make_starts(initial_state, cfg.height, cfg.width)
         self._clips: np.ndarray | None = None  # (N, 4, V, H, W, 3)
         self._poses = np.zeros((num_envs, 7), np.float32)
         self._instructions = [""] * num_envs
+        self._start_infos: list[dict] = [{} for _ in range(num_envs)]
         self._elapsed = np.zeros(num_envs, np.int64)
         self._needs_reset = np.zeros(num_envs, bool)
         self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(num_envs)]
@@ -79,8 +87,9 @@ class PersistWorldVectorEnv(VectorEnv):
             frames.append(start.frames)
             poses.append(start.pose)
             instructions.append(start.instruction)
+            self._start_infos[i] = start.info
             seeds.append(episode_seed)
-            infos.append({"instruction": start.instruction, **start.info})
+            infos.append({"instruction": start.instruction, **fresh_copy(start.info)})
         self.engine.reset_slots(slots, np.stack(frames), np.stack(poses),
                                 [s or None for s in instructions] if any(instructions) else None, seeds)
         for k, i in enumerate(slots):
@@ -129,16 +138,16 @@ class PersistWorldVectorEnv(VectorEnv):
         out = self.engine.step(poses)  # one batched forward for every sub-env
         self._clips, self._poses = out.frames.copy(), poses[:, -1].copy()
         self._elapsed += 1
-        infos = [{"instruction": s} for s in self._instructions]
+        infos = [step_info(self._instructions[i], self._start_infos[i], poses[i, -1]) for i in range(self.num_envs)]
         obs = self._observations()
         rewards = np.array([float(self.reward_fn({k: v[i] for k, v in obs.items()}, infos[i]))
                             if self.reward_fn is not None else 0.0 for i in range(self.num_envs)])
-        terminated = np.zeros(self.num_envs, bool)
+        terminated = np.array([self._terminate_on_success and bool(info.get("success")) for info in infos])
         truncated = self._elapsed >= self.max_episode_steps
         if len(finished):  # NEXT_STEP autoreset: these slots start over instead of stepping
             for i, info in zip(finished, self._reset_slots(finished)):
                 infos[i] = info
-            rewards[finished], truncated[finished] = 0.0, False
+            rewards[finished], terminated[finished], truncated[finished] = 0.0, False, False
             obs = self._observations()
         done = np.flatnonzero(terminated | truncated)
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and len(done):

@@ -24,6 +24,17 @@ def comparison_frames(truth: np.ndarray, *generated: np.ndarray) -> np.ndarray:
     return np.concatenate(rows, axis=-3)
 
 
+def side_by_side(*videos: np.ndarray, gap: int = 2) -> np.ndarray:
+    """(T, H, W, 3) videos of one size -> (T, H, n*W + (n-1)*gap, 3): left to right, white gaps between."""
+    if not videos or any(v.shape != videos[0].shape for v in videos):
+        raise ValueError(f"need videos of one shape, got {[v.shape for v in videos]}")
+    spacer = np.full((*videos[0].shape[:2], gap, 3), 255, np.uint8)
+    parts = [videos[0]]
+    for v in videos[1:]:
+        parts += [spacer, v] if gap else [v]
+    return np.concatenate(parts, axis=2)
+
+
 def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 5, scale: int = 3) -> Path:
     """Write uint8 (T, H, W, 3) frames as a widely playable mp4 (H.264, yuv420p)."""
     from persistworld_env.data.video import encode_video

@@ -56,6 +56,35 @@ def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: f
     return model, engine
 
 
+def build_reward(reward: Any, model: Any, device: str, success_detector: Any, success_threshold: float | None,
+                 height: int, width: int) -> RewardFn | None:
+    """The ``(obs, info) -> float`` reward of an env's ``reward`` argument (see :class:`PersistWorldEnv`)."""
+    if reward is not None and reward not in ("goal", "success") and not callable(reward):
+        raise ValueError(f"reward must be None, 'goal', 'success' or a callable (obs, info) -> float, got {reward!r}")
+    if reward != "success" and (success_detector is not None or success_threshold is not None):
+        raise ValueError("success_detector and success_threshold are only used with reward='success'")
+    if reward == "goal":
+        return goal_reward
+    if reward == "success":
+        from persistworld_env.success import SuccessReward, load_success_detector
+
+        return SuccessReward(load_success_detector(success_detector, model, device), success_threshold, height, width)
+    return reward
+
+
+def step_info(instruction: str, start_info: dict, pose: np.ndarray) -> dict[str, Any]:
+    """The facts every step's ``info`` carries: the instruction, the episode's start facts (source, task,
+    seed, the target object's start position for simulator starts) and the raw 7-D pose reached (keys as
+    in ``MiniDROID-Sim-v0``'s info, so one reward function serves both)."""
+    raw_pose = np.asarray(pose, dtype=np.float32).copy()
+    return {"instruction": instruction, **fresh_copy(start_info), "raw_pose": raw_pose}
+
+
+def fresh_copy(info: dict) -> dict:
+    """A copy whose arrays are new objects (Gymnasium: infos handed to users never share data)."""
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in info.items()}
+
+
 def make_starts(initial_state: str, height: int, width: int) -> SimStarts | DatasetStarts:
     """``"sim"`` -> MiniDROID starts; anything else is a LeRobot dataset path."""
     return SimStarts(height, width) if initial_state == "sim" else DatasetStarts(initial_state, height, width)
@@ -70,7 +99,13 @@ class PersistWorldEnv(gym.Env):
         sampling_steps, guidance: override the model's sampling defaults.
         reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between
             the latest frame of every camera and a goal image per camera given at reset as
-            ``options={"goal": (3, H, W, 3) uint8}``), or a callable ``(obs, info) -> float``.
+            ``options={"goal": (3, H, W, 3) uint8}``), ``"success"`` (sparse: 1.0 and ``terminated`` when a
+            learned success detector judges the latest frames a success of the instruction, else 0.0;
+            ``info["success_probability"]``, see :mod:`persistworld_env.success`), or a callable
+            ``(obs, info) -> float``.
+        success_detector: for ``reward="success"``: a detector directory or loaded ``SuccessDetector``;
+            default: the ``success_detector/`` folder of the model directory.
+        success_threshold: P(success) above which a step succeeds (None: the detector's own, 0.5).
         initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
             (``reset(options={"episode": i})``).
         task: MiniDROID task family for simulator starts (None: random).
@@ -82,6 +117,10 @@ class PersistWorldEnv(gym.Env):
         timing_info: add the model's wall-clock ``step_seconds`` to ``info`` (off by default: it makes
             ``info`` differ between otherwise identical runs); always in ``env.last_step_seconds``.
 
+    Step ``info``: the instruction, the episode's start facts (``source``, and for simulator starts
+    ``task``, ``episode_seed`` and the target object's start ``target_position``), the raw 7-D ``raw_pose`` reached,
+    plus what the options above add (``success``, ``fidelity``, ``uncertainty``, ``step_seconds``).
+
     Reset options: ``{"episode": i}`` (dataset starts), ``{"task": name}`` (simulator starts), or
     ``{"frames": (3, H, W, 3) uint8, "pose": (7,) raw pose, "instruction": str}`` (your own start).
     """
@@ -91,20 +130,20 @@ class PersistWorldEnv(gym.Env):
     def __init__(self, model: Any = "default", device: str = "cpu", sampling_steps: int | None = None,
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
-                 timing_info: bool = False, uncertainty_samples: int = 0) -> None:
+                 timing_info: bool = False, uncertainty_samples: int = 0, success_detector: Any = None,
+                 success_threshold: float | None = None) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
             raise ValueError(f"ground_truth must be None or 'sim', got {ground_truth!r}")
-        if reward is not None and reward != "goal" and not callable(reward):
-            raise ValueError(f"reward must be None, 'goal' or a callable (obs, info) -> float, got {reward!r}")
         self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
         cfg = self.model.config
         self.height, self.width = cfg.height, cfg.width
         self.observation_space = observation_space(cfg.height, cfg.width)
         self.action_space = action_space()
         self.render_mode, self.task = render_mode, task
-        self.reward_fn = goal_reward if reward == "goal" else reward
+        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width)
+        self._terminate_on_success = reward == "success"
         self._goal: np.ndarray | None = None
         self.timing_info, self.last_step_seconds = timing_info, 0.0
         if uncertainty_samples < 0:
@@ -120,6 +159,7 @@ class PersistWorldEnv(gym.Env):
         self.ground_truth_clip: np.ndarray | None = None  # the simulator's latest clip (ground_truth="sim")
         self._pose: np.ndarray | None = None  # raw (7,)
         self._instruction = ""
+        self._start_info: dict[str, Any] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def _observation(self) -> dict[str, np.ndarray]:
@@ -149,10 +189,10 @@ class PersistWorldEnv(gym.Env):
         self.engine.reset(start.frames[None], start.pose[None], [start.instruction] if start.instruction else None,
                           seeds=[episode_seed])
         self._clip = np.repeat(start.frames[None], 4, axis=0)
-        self._pose, self._instruction = start.pose.astype(np.float32), start.instruction
+        self._pose, self._instruction, self._start_info = start.pose.astype(np.float32), start.instruction, start.info
         if self.ground_truth is not None:  # the very same scene as the model's start
             self.ground_truth.reset(options={"task": start.info["task"], "episode_seed": start.info["episode_seed"]})
-        return self._observation(), {"instruction": start.instruction, **start.info}
+        return self._observation(), {"instruction": start.instruction, **fresh_copy(start.info)}
 
     def step(self, action):
         if self._clip is None:
@@ -162,7 +202,7 @@ class PersistWorldEnv(gym.Env):
         t0 = time.perf_counter()
         out = self.engine.step(poses[None], alternatives=self.uncertainty_samples)
         self.last_step_seconds = time.perf_counter() - t0
-        info: dict[str, Any] = {"instruction": self._instruction}
+        info = step_info(self._instruction, self._start_info, poses[-1])
         if self._goal is not None:
             info["goal"] = self._goal
         if out.alternatives is not None:  # (K + 1, 4, V, H, W, 3) -> per camera std over samples
@@ -179,7 +219,8 @@ class PersistWorldEnv(gym.Env):
             info["fidelity"] = {"psnr": dict(zip(CAMERAS, psnr(self._clip, truth).mean(0).tolist())),
                                 "ssim": dict(zip(CAMERAS, ssim(self._clip, truth).mean(0).tolist()))}
         reward = float(self.reward_fn(obs, info)) if self.reward_fn is not None else 0.0
-        return obs, reward, False, False, info
+        terminated = bool(self._terminate_on_success and info["success"])
+        return obs, reward, terminated, False, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self._clip is None:

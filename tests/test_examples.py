@@ -29,3 +29,16 @@ def test_world_model_env_example(tmp_path):
     WorldModel.build("tiny", default_pose_normalizer()).save_pretrained(tmp_path / "model")
     stdout = _run("world_model_env.py", "--model", str(tmp_path / "model"), "--steps", "1")
     assert "step  1: PSNR" in stdout
+
+
+def test_train_ppo_example(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    WorldModel.build("tiny", default_pose_normalizer()).save_pretrained(tmp_path / "model")
+    _run("train_ppo.py", "--model", str(tmp_path / "model"), "--num-envs", "2", "--timesteps", "16",
+         "--n-steps", "8", "--episode-steps", "2", "--eval-episodes", "1", "--out", str(tmp_path / "ppo"))
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["timesteps"] == 16 and set(summary["simulator"]) == {"untrained", "trained", "keep_still"}
+    assert summary["simulator"]["trained"]["mean_step_reward"] < 0  # minus a distance
+    assert (tmp_path / "ppo" / "ppo_reach.zip").is_file() and (tmp_path / "ppo" / "progress.csv").is_file()

@@ -43,3 +43,10 @@ def test_metrics_keep_leading_dims_and_reject_bad_input():
         ssim(x[0], y[1, :2])
     with pytest.raises(ValueError, match="11x11"):
         ssim(x[..., :8, :8, :], y[..., :8, :8, :])
+
+
+def test_ssim_hand_value_on_constant_images():
+    # Constant images have no variance: SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1), C1 = 0.01^2.
+    x, y = np.full((16, 16, 3), 51, np.uint8), np.full((16, 16, 3), 102, np.uint8)  # 0.2 and 0.4
+    c1 = 0.01**2
+    assert ssim(x, y) == pytest.approx((2 * 0.2 * 0.4 + c1) / (0.2**2 + 0.4**2 + c1), abs=1e-12)

@@ -239,3 +239,22 @@ def test_reference_decoding_keeps_reference_pixels_of_chosen_cameras(normalizer,
     np.testing.assert_array_equal(out.frames, expected)
     with pytest.raises(ValueError, match="reference_cameras"):
         WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=("top_camera",))
+
+
+def test_residual_denoiser_is_an_x0_predictor_of_the_change_from_the_current_frame(normalizer):
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", normalizer, height=H, width=W, denoiser_overrides={"residual_to_current": True})
+    den = model.denoiser
+    c, vh, w = model.codec.latent_shape(H, W, 3)
+    history, current = torch.randn(2, 6, c, vh, w), torch.randn(2, c, vh, w)
+    noisy = torch.randn(2, 5, c, vh, w)
+    sigma = torch.tensor([1.0, 2.0])
+    # A still scene at (almost) zero noise comes back exactly, whatever the trained network says.
+    x0_still = den(current[:, None].expand_as(noisy).clone(), torch.full((2,), 1e-6), history, current,
+                   poses=torch.zeros(2, 11, 7))
+    torch.testing.assert_close(x0_still, current[:, None].expand_as(noisy), atol=1e-5, rtol=0)
+    den.network = lambda *args: torch.zeros_like(noisy)  # F = 0 leaves only the skip path
+    x0 = den(noisy, sigma, history, current, poses=torch.zeros(2, 11, 7))
+    c_skip = (1.0 / (sigma**2 + 1.0)).reshape(2, 1, 1, 1, 1)  # 0.5 and 0.2, by hand
+    anchor = current[:, None]
+    torch.testing.assert_close(x0, anchor + c_skip * (noisy - anchor))

@@ -191,7 +191,7 @@ def test_goal_reward(model_dir):
     with pytest.raises(ValueError, match="goal images"):
         env.reset(options={"goal": goal[:, :5]})
     with pytest.raises(ValueError, match="reward must be"):
-        PersistWorldEnv(model=str(model_dir), reward="success")
+        PersistWorldEnv(model=str(model_dir), reward="win")
     env.close()
 
 
@@ -210,3 +210,15 @@ def test_uncertainty_from_alternative_samples_leaves_the_rollout_unchanged(model
         PersistWorldEnv(model=str(model_dir), uncertainty_samples=-1)
     plain.close()
     spread.close()
+
+
+def test_step_info_carries_start_facts_and_the_raw_pose(model_dir):
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
+    obs, start = env.reset(seed=4, options={"task": "pick"})
+    assert start["task"] == "pick" and start["target_position"].shape == (3,)
+    action = np.tile(obs["pose"], (4, 1))
+    _, _, _, _, info = env.step(action)
+    assert info["task"] == "pick" and info["episode_seed"] == start["episode_seed"]
+    np.testing.assert_array_equal(info["target_position"], start["target_position"])
+    np.testing.assert_allclose(info["raw_pose"], env.model.normalizer.denormalize(action[-1]), atol=1e-5)
+    env.close()

@@ -146,6 +146,91 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
     return figures
 
 
+def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: int = 2, clips: int = 1,
+                    repeats: int = 3) -> dict:
+    """Seconds per post-training group and where they go (prefix, candidates, rewards, update), and the
+    K candidates generated in one batched call against one by one.
+
+    The procedure's own functions run on a synthetic episode at the model's image size (speed does not
+    depend on the content) with ``persistworld posttrain``'s defaults: LoRA rank 8, the old adapter
+    sampling, rewards with LPIPS on a random AlexNet backbone (the real one costs the same), one
+    DiffusionNFT optimizer step over the group's K x clips samples (micro-batches of 16, reference term).
+    """
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+
+    from persistworld_env.diffusion.nft import optimality_probability
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.perceptual import build_lpips
+    from persistworld_env.posttrain.groups import GroupSpec, collect_group, generate_candidates, rollout_prefix
+    from persistworld_env.replay import ReplayEpisode
+    from persistworld_env.rewards import RewardScorer
+    from persistworld_env.rollout import RolloutEngine
+    from training.posttrain import PosttrainConfig, accumulate_gradients, build_policy, sampler_settings
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = (WorldModel.from_pretrained(model_path) if model_path else _random_default_model()).to(accelerator.device)
+    model.requires_grad_(False)
+    cfg = model.config
+    settings = PosttrainConfig(data_dir="", out_dir="", candidates=candidates)  # the command's defaults
+    sampler = sampler_settings(model, settings)
+    rng = np.random.default_rng(0)
+    steps = prefix_steps + clips
+    pose = model.normalizer.denormalize(np.zeros(7, np.float32))
+    views = (len(cfg.cameras), cfg.height, cfg.width, 3)
+    episode = ReplayEpisode(0, "pick up the red cube", rng.integers(0, 256, views, dtype=np.uint8), pose,
+                            np.tile(pose, (steps, 4, 1)).astype(np.float32),
+                            rng.integers(0, 256, (steps, 4, *views), dtype=np.uint8))
+    spec = GroupSpec(0, 0, prefix_steps, clips)
+    denoiser = model.denoiser
+    policy = build_policy(denoiser, settings)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=settings.lr)
+    scorer = RewardScorer(lpips=build_lpips("random", device=accelerator.device))
+    engine = RolloutEngine(model, sampler)
+    seeds = list(range(candidates + 1))
+
+    def group() -> dict[str, float]:
+        with policy.old(merged=True):
+            samples = collect_group(engine, episode, spec, seeds, scorer)
+        t0 = time.perf_counter()
+        r = optimality_probability(torch.as_tensor(samples.rewards)[None], settings.adv_clip)[0]
+        r = r[torch.as_tensor(samples.candidate)]
+        accumulate_gradients(accelerator, denoiser, policy, samples, r.to(accelerator.device), settings,
+                             torch.Generator(device=accelerator.device).manual_seed(0))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        policy.update_old(0.5)
+        return {**samples.timings, "update": time.perf_counter() - t0}
+
+    group()  # warm-up
+    runs = [group() for _ in range(repeats)]
+    parts = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
+    total = sum(parts.values())
+    figures: dict = {"model": model_path or "random weights, default architecture", "candidates": candidates,
+                     "prefix_steps": prefix_steps, "clips": clips, "sampling_steps": sampler.steps,
+                     "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
+                     "lpips": "alexnet-random (same cost as the real backbone)",
+                     "torch_threads": torch.get_num_threads(), "seconds_per_group": round(total, 3)}
+    for k, v in parts.items():
+        figures[f"{k}_seconds"] = round(v, 3)
+        figures[f"{k}_share"] = round(v / total, 3)
+
+    times: dict[int | None, list[float]] = {None: [], 1: []}  # best of interleaved rounds (robust to a busy CPU)
+    with policy.old(merged=True), torch.no_grad():
+        rollout_prefix(engine, episode, prefix_steps, seeds[0])
+        for _ in range(repeats):
+            for batch_size in times:
+                t0 = time.perf_counter()
+                generate_candidates(engine, episode.poses[prefix_steps:], seeds[1:], batch_size)
+                times[batch_size].append(time.perf_counter() - t0)
+    batched, serial = min(times[None]), min(times[1])
+    figures["candidates_batched_seconds"] = round(batched, 3)
+    figures["candidates_one_by_one_seconds"] = round(serial, 3)
+    figures["batched_vs_one_by_one_speedup"] = round(serial / batched, 2)
+    return figures
+
+
 def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     if target == "data":
         figures = bench_data(args.episodes, args.workers, args.data)
@@ -153,6 +238,8 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
         figures = bench_sampler(args.model)
     elif target == "env":
         figures = bench_env(args.model)
+    elif target == "posttrain":
+        figures = bench_posttrain(args.model)
     else:
         raise ValueError(f"unknown benchmark {target!r}")
     if not args.json:

@@ -4,6 +4,9 @@ A checkpoint is ``<out>/checkpoints/checkpoint-<step:08d>/``: ``accelerator.save
 optimizers, schedulers, RNG states and every object registered with ``register_for_checkpointing``)
 plus ``trainer_state.json`` (step and the run's config). It is written under a ``.tmp`` name and
 renamed when complete, so an interrupted save never replaces a good checkpoint.
+
+Also the other pieces every trainer's run shares: :func:`start_run`, :func:`main_process_writer`
+(TensorBoard) and :func:`all_finite` (the collective NaN/inf guard).
 """
 from __future__ import annotations
 
@@ -82,3 +85,24 @@ def start_run(out_dir: str | os.PathLike, resume: bool, mixed_precision: str, se
                               step_scheduler_with_optimizer=False)
     torch.manual_seed(seed)
     return accelerator, resume_from
+
+
+def main_process_writer(accelerator, out_dir: str | os.PathLike):
+    """A TensorBoard writer at ``out_dir/logs`` on the main process (creating ``out_dir``); None on the others."""
+    if not accelerator.is_main_process:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(str(Path(out_dir) / "logs"))
+
+
+def all_finite(accelerator, *values) -> bool:
+    """Whether every value (tensor or number) is finite on every process.
+
+    A collective decision, so all processes skip a bad step together (DDP would hang otherwise).
+    """
+    import torch
+
+    ok = all(bool(torch.isfinite(torch.as_tensor(v).detach()).all()) for v in values)
+    return accelerator.reduce(torch.tensor([float(ok)], device=accelerator.device), "min").item() > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 
 #: Commands implemented by a module with ``add_arguments(parser)`` and ``main(args)``.
@@ -11,7 +12,13 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train-vae", "training.train_autoencoder", "train the per-camera image autoencoder on a LeRobot dataset"),
     ("vae-eval", "persistworld_env.models.vae_quality", "print an autoencoder's reconstruction PSNR per camera"),
     ("pretrain", "training.pretrain", "pretrain the world model (EDM, teacher-forced); accelerate-ready"),
+    ("posttrain", "training.posttrain", "RL post-training for long-horizon persistence (PersistWorld, DiffusionNFT); "
+                                        "accelerate-ready"),
     ("quality", "training.quality", "print a world model's fidelity on held-out episodes (VAE, one clip, replay)"),
+    ("train-success", "training.train_success", "train the success detector (views + instruction -> P(success))"),
+    ("evaluate", "training.evaluate", "replay fidelity of world models: metrics.json, curves, videos, sign tests, Elo"),
+    ("policy-eval", "training.policy_eval", "policy zoo in the simulator vs in world models: Pearson r and MMRV"),
+    ("report", "training.report", "write docs/results.md from the outputs of evaluate and policy-eval"),
 )
 
 
@@ -72,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=module.main)
 
     p = sub.add_parser("bench", help="print performance figures")
-    p.add_argument("target", choices=["data", "sampler", "env"],
+    p.add_argument("target", choices=["data", "sampler", "env", "posttrain"],
                    help="data = generation and loader throughput; sampler = world-model env-step cost; "
-                        "env = env steps/s, batched vs gymnasium's SyncVectorEnv")
+                        "env = env steps/s, batched vs gymnasium's SyncVectorEnv; posttrain = seconds per "
+                        "post-training group and where they go, K candidates batched vs one by one")
     p.add_argument("--model", default=None, help="model directory for the sampler benchmark (default: random "
                    "weights of the default architecture; speed does not depend on weights)")
     p.add_argument("--episodes", type=int, default=20, help="episodes to generate for the data benchmark")
@@ -85,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """This run's ``persistworld ...`` command line (outputs record it so every number can be reproduced)."""
+    return "persistworld " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

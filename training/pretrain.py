@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from training.checkpoints import resume_checkpoint, save_checkpoint, start_run
+from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
 
 
 @dataclass
@@ -54,6 +54,10 @@ class PretrainConfig:
     latent_cache: bool = True  # encode each episode once with the frozen autoencoder
     resume: bool = False
     command: str = ""
+    #: Fine-tune: start from this model directory (its weights, autoencoder, pose normaliser and scale).
+    init_from: str | None = None
+    #: Std of the history frames' noise augmentation, sigma_h ~ |N(0, std^2)|; stronger fights drift.
+    history_sigma_std: float = 0.3
 
 
 def _step_rng(config: PretrainConfig, step: int, process: int, stream: int) -> np.random.SeedSequence:
@@ -95,18 +99,14 @@ def _lr_factor(config: PretrainConfig):
 
 def _write_replay_video(model, dataset, path: Path, config: PretrainConfig) -> None:
     """Replay the first validation episode (up to 14 steps) and write truth-over-model video."""
-    from persistworld_env.replay import load_replay_episode, max_replay_steps, rollout_replay
+    from persistworld_env.replay import load_replay_episode, max_replay_steps, write_replay_video
     from persistworld_env.rollout import RolloutEngine
-    from persistworld_env.visualization import comparison_frames, write_video
 
     episode = int(dataset.episodes[0])
     steps = min(14, max_replay_steps(dataset.reader.length(episode)))
     if steps < 1:
         return
-    ep = load_replay_episode(dataset.reader, episode, steps)
-    generated = rollout_replay(RolloutEngine(model), [ep], steps, seeds=[config.seed])[0]
-    flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731  (steps, 4, ...) -> (frames, ...)
-    write_video(comparison_frames(flat(ep.frames), flat(generated)), path)
+    write_replay_video(RolloutEngine(model), load_replay_episode(dataset.reader, episode, steps), path, config.seed)
 
 
 def _model_card(config: PretrainConfig, summary: dict) -> str:
@@ -116,6 +116,8 @@ def _model_card(config: PretrainConfig, summary: dict) -> str:
              f"- data: `{config.data_dir}` ({summary.get('train_episodes', '?')} training episodes, "
              f"{summary.get('val_episodes', '?')} validation episodes)",
              f"- autoencoder: `{config.autoencoder}`",
+             *([f"- initialised from: `{config.init_from}` (fine-tune)"] if config.init_from else []),
+             f"- history noise augmentation: sigma_h ~ |N(0, {config.history_sigma_std}^2)|",
              f"- command: `{config.command}`",
              f"- steps: {summary['step']} (batch {config.batch_size} x {summary.get('processes', 1)} processes), EMA "
              f"decay {config.ema_decay}, weights: EMA",
@@ -135,14 +137,17 @@ def pretrain(config: PretrainConfig) -> dict:
     from persistworld_env.data.dataset import WorldModelDataset
     from persistworld_env.data.stats import PoseNormalizer
     from persistworld_env.models.autoencoder import load_autoencoder
-    from persistworld_env.models.objective import edm_loss
+    from persistworld_env.models.objective import TrainingNoise, edm_loss
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.quality import one_step_fidelity
 
     out_dir = Path(config.out_dir)
     accelerator, resume_from = start_run(out_dir, config.resume, config.mixed_precision, config.seed,
                                          config.num_threads)
-    normalizer = PoseNormalizer.from_dataset(config.data_dir)
+    init = WorldModel.from_pretrained(config.init_from) if config.init_from else None
+    if init is not None:
+        config = dataclasses.replace(config, scale=init.config.scale)  # the checkpoints and card say what it is
+    normalizer = init.normalizer if init is not None else PoseNormalizer.from_dataset(config.data_dir)
     split = dict(val_mod=config.val_mod, val_rem=config.val_rem, val_episodes=config.val_episodes,
                  normalizer=normalizer, seed=config.seed, cache_dir=config.cache_dir)
     train_set = WorldModelDataset(config.data_dir, "train", **split)
@@ -150,9 +155,16 @@ def pretrain(config: PretrainConfig) -> dict:
     if len(train_set) == 0:
         raise ValueError(f"no training samples in {config.data_dir} (check the validation split settings)")
     height, width = train_set.reader.image_shape(train_set.cameras[0])
-    autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
-    model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
+    if init is not None:
+        if (init.config.height, init.config.width) != (height, width):
+            raise ValueError(f"--init-from model makes {init.config.height}x{init.config.width} images, "
+                             f"{config.data_dir} has {height}x{width}")
+        model = init.train()
+    else:
+        autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
+        model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
     model.autoencoder.requires_grad_(False).eval()
+    noise = TrainingNoise(history_sigma_std=config.history_sigma_std)
     if config.latent_cache:
         train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].cpu().numpy(),
                               _weights_id(model.autoencoder), cache_dir=out_dir / "latent_cache")
@@ -170,11 +182,7 @@ def pretrain(config: PretrainConfig) -> dict:
         ema.to(accelerator.device)  # accelerate restores custom state on the CPU
         step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
         accelerator.print(f"resumed from {resume_from} at step {step}")
-    writer = None
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "logs"))
+    writer = main_process_writer(accelerator, out_dir)
     raw = accelerator.unwrap_model(denoiser)
     eval_idx = (np.linspace(0, len(val_set) - 1, min(config.eval_samples, len(val_set))).astype(int).tolist()
                 if len(val_set) else [])
@@ -209,11 +217,9 @@ def pretrain(config: PretrainConfig) -> dict:
         gen = torch.Generator(device=accelerator.device).manual_seed(
             int(_step_rng(config, step, accelerator.process_index, 1).generate_state(1)[0]))
         with accelerator.autocast():
-            loss = edm_loss(denoiser, latents,
-                            batch["pose"].to(accelerator.device), batch["instruction"], generator=gen)
-        # Collective decision, so every process skips together (DDP would hang otherwise).
-        finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), "min").item() > 0
-        if not finite:
+            loss = edm_loss(denoiser, latents, batch["pose"].to(accelerator.device), batch["instruction"],
+                            noise=noise, generator=gen)
+        if not all_finite(accelerator, loss):
             bad_steps += 1
             optimizer.zero_grad(set_to_none=True)
             accelerator.print(f"step {step}: non-finite loss, skipped ({bad_steps} so far)")
@@ -271,11 +277,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_card: str |
             raise FileNotFoundError(f"not a complete pretraining checkpoint: missing {f}")
     state = json.loads(state_file.read_text())
     config = PretrainConfig(**{**state["config"], "val_episodes": None})
-    normalizer = PoseNormalizer.from_dataset(config.data_dir)
-    reader = LeRobotEpisodes(config.data_dir)
-    height, width = reader.image_shape(reader.cameras[0])
-    autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
-    model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
+    if config.init_from:  # a fine-tune: the initial model's autoencoder and pose normaliser
+        model = WorldModel.from_pretrained(config.init_from)
+    else:
+        normalizer = PoseNormalizer.from_dataset(config.data_dir)
+        reader = LeRobotEpisodes(config.data_dir)
+        height, width = reader.image_shape(reader.cameras[0])
+        autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
+        model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
     ema = torch.load(ema_file, map_location="cpu", weights_only=False)
     params = list(model.denoiser.parameters())
     if len(ema["shadow_params"]) != len(params):
@@ -305,6 +314,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-latent-cache", dest="latent_cache", action="store_false",
                         help="encode frames at every step instead of once per episode")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                        help="fine-tune this model directory instead of a fresh one (its autoencoder, pose normaliser "
+                             "and scale; --scale and --autoencoder are then ignored)")
+    parser.add_argument("--history-sigma-std", type=float, default=d.history_sigma_std,
+                        help="std of the history frames' noise augmentation (default: %(default)s, Ctrl-World's); "
+                             "a larger value is the classic way to fight drift")
     parser.add_argument("--export", metavar="CHECKPOINT", default=None,
                         help="instead of training: write the EMA weights of this checkpoint folder as a model "
                              "directory at --out (the run's own settings are read from the checkpoint)")
@@ -320,6 +335,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         eval_samples=args.eval_samples, log_every=args.log_every, val_mod=args.val_mod, val_rem=args.val_rem,
         val_episodes=tuple(args.val_episodes) if args.val_episodes else None, seed=args.seed,
         num_threads=args.num_threads, cache_dir=args.cache_dir, latent_cache=args.latent_cache, resume=args.resume,
+        init_from=args.init_from, history_sigma_std=args.history_sigma_std,
         command="persistworld " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 

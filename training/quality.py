@@ -21,7 +21,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.quality import one_step_fidelity
-    from persistworld_env.replay import fidelity, load_replay_episode, max_replay_steps, rollout_replay
+    from persistworld_env.replay import fidelity, load_replay_episode, rollout_replay, select_replay_episodes
     from persistworld_env.rollout import RolloutEngine
     from persistworld_env.visualization import comparison_frames, write_video
 
@@ -36,7 +36,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     one_step = one_step_fidelity(model, val, np.linspace(0, len(val) - 1, min(samples, len(val))).astype(int).tolist(),
                                  seed=seed)
     reader = val.reader
-    eligible = [int(e) for e in val.episodes if max_replay_steps(reader.length(int(e))) >= steps][:episodes]
+    eligible = select_replay_episodes(reader, val.episodes, steps, episodes)
     result: dict = {"model": str(model_dir), "data": str(data_dir), "cameras": list(model.config.cameras),
                     "vae_psnr": vae, "one_step": one_step, "replay": {}}
     if eligible:

@@ -26,6 +26,8 @@ class EpisodeRecord:
         seed: the seed that reproduces the episode.
         fps: recording rate.
         extra: free-form metadata (expert noise, scene description, ...), JSON-serialisable.
+        frame_success: optional (T,) bool, whether the task's success predicate holds in the state each
+            frame shows (written as the ``is_success`` column; None for data without per-frame labels).
     """
 
     frames: dict[str, np.ndarray]
@@ -41,6 +43,7 @@ class EpisodeRecord:
     seed: int
     fps: int = DATA_FPS
     extra: dict = field(default_factory=dict)
+    frame_success: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -75,3 +78,7 @@ class EpisodeRecord:
                 raise ValueError(f"{name} must have shape ({t}, {dim}), got {a.shape}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{name} contains NaN or inf")
+        if self.frame_success is not None:
+            fs = np.asarray(self.frame_success)
+            if fs.shape != (t,) or fs.dtype != np.bool_:
+                raise ValueError(f"frame_success must be bool of shape ({t},), got {fs.dtype} {fs.shape}")

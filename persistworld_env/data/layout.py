@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from persistworld_env.constants import (
-    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT, image_key,
+    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, FRAME_SUCCESS, STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT,
+    image_key,
 )
 
 CODEBASE_VERSION = "v2.1"
@@ -71,6 +72,18 @@ DROID_FEATURES: dict[str, dict] = {
     "index": _feat("int64", 1),
     "task_index": _feat("int64", 1),
 }
+
+
+
+def data_features(frame_success: bool) -> dict[str, dict]:
+    """Non-video features of a new dataset: DROID's, plus MiniDROID's per-frame ``is_success`` label
+    (:data:`persistworld_env.constants.FRAME_SUCCESS`) when the episodes carry it. Readers accept
+    datasets without it (DROID, or MiniDROID written before it existed)."""
+    feats = dict(DROID_FEATURES)
+    if frame_success:
+        feats[FRAME_SUCCESS] = _feat("bool", 1)
+    return feats
+
 
 _ARROW_TYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(),
                 "bool": pa.bool_(), "string": pa.string()}

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persistworld_env.constants import (
-    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, CAMERAS, STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT, image_key,
+    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, CAMERAS, FRAME_SUCCESS, STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT,
+    image_key,
 )
 from persistworld_env.data import layout, video
 from persistworld_env.data.episode import EpisodeRecord
@@ -141,10 +142,21 @@ class LeRobotEpisodes:
         return video.decode_video(self.video_path(episode_index, camera),
                                   expected_frames=self.length(episode_index), step=step)
 
+    @property
+    def has_frame_success(self) -> bool:
+        """Whether the dataset has MiniDROID's per-frame ``is_success`` label column."""
+        return FRAME_SUCCESS in self.features
+
+    def load_frame_success(self, episode_index: int) -> np.ndarray:
+        """(T,) bool per-frame success labels (see :data:`persistworld_env.constants.FRAME_SUCCESS`)."""
+        if not self.has_frame_success:
+            raise DatasetError(f"{self.root / layout.INFO_FILE}: no per-frame {FRAME_SUCCESS!r} column")
+        return self.load_columns(episode_index, [FRAME_SUCCESS])[FRAME_SUCCESS].reshape(-1).astype(bool)
+
     def load_record(self, episode_index: int) -> EpisodeRecord:
         """The whole episode as an :class:`EpisodeRecord` (needs all of ``constants.CAMERAS``)."""
         names = [STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT, ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT]
-        cols = self.load_columns(episode_index, names)
+        cols = self.load_columns(episode_index, names + ([FRAME_SUCCESS] if self.has_frame_success else []))
         meta = self.episode_meta(episode_index)
         f32 = {n: cols[n].astype(np.float32) for n in names}
         return EpisodeRecord(
@@ -155,4 +167,5 @@ class LeRobotEpisodes:
             instruction=self.instruction(episode_index), task=str(meta.get("task_family", "")),
             success=bool(meta.get("success", False)), seed=int(meta.get("seed", -1)), fps=self.fps,
             extra=dict(meta.get("extra", {})),
+            frame_success=cols[FRAME_SUCCESS].reshape(-1).astype(bool) if self.has_frame_success else None,
         )

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persistworld_env.constants import (
-    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, CAMERAS, DATA_FPS, STATE_CARTESIAN, STATE_GRIPPER, STATE_JOINT,
-    image_key,
+    ACTION_CARTESIAN, ACTION_GRIPPER, ACTION_JOINT, CAMERAS, DATA_FPS, FRAME_SUCCESS, STATE_CARTESIAN, STATE_GRIPPER,
+    STATE_JOINT, image_key,
 )
 from persistworld_env.data import layout
 from persistworld_env.data.episode import EpisodeRecord
@@ -138,18 +138,24 @@ class LeRobotWriter:
                                  f"{expected[0]}x{expected[1]}")
         if int(record.fps) != self.fps:
             raise ValueError(f"episode {episode_index} was recorded at {record.fps} fps, dataset is {self.fps}")
+        # per-frame success labels: the first episode decides; a dataset without the column (an older one
+        # being resumed) stays without it, one with it needs it in every episode
+        if self._features is not None and FRAME_SUCCESS in self._features and record.frame_success is None:
+            raise ValueError(f"episode {episode_index} has no per-frame success labels (frame_success), but the "
+                             f"dataset at {self.root} has the {FRAME_SUCCESS!r} column")
+        features = self._features or layout.data_features(record.frame_success is not None)
 
         task_index = self._task_index(record.instruction)
         offset = sum(int(e["length"]) for i, e in self._episodes.items() if i < episode_index)
         columns = episode_columns(record, episode_index, task_index, offset)
         info = self._info_templates()
-        self._write_parquet(layout.data_file(self.root, info, episode_index), columns)
+        self._write_parquet(layout.data_file(self.root, info, episode_index), columns, features)
         for cam in self.cameras:
             with atomic_path(layout.video_file(self.root, info, episode_index, cam), fsync=True) as tmp:
                 encode_video(record.frames[cam], tmp, fps=self.fps, codec=self.codec, pix_fmt=self.pix_fmt,
                              crf=self.crf)
         if self._features is None:
-            self._features = self._build_features(episode_index, height, width)
+            self._features = self._build_features(episode_index, height, width, features)
         self._write_info()  # info.json exists before the first episode is indexed
 
         ep_stats = {k: s.to_dict() for k, s in numeric_stats(columns, self._features).items()}
@@ -242,13 +248,13 @@ class LeRobotWriter:
     def _info_templates(self) -> dict:
         return {"chunks_size": self.chunks_size, "data_path": layout.DATA_PATH, "video_path": layout.VIDEO_PATH}
 
-    def _build_features(self, episode_index: int, height: int, width: int) -> dict:
+    def _build_features(self, episode_index: int, height: int, width: int, data_features: dict) -> dict:
         info = self._info_templates()
         feats = {}
         for cam in self.cameras:
             probe = probe_video(layout.video_file(self.root, info, episode_index, cam))
             feats[image_key(cam)] = layout.video_feature(height, width, probe)
-        feats.update(layout.DROID_FEATURES)
+        feats.update(data_features)
         return feats
 
     def _write_info(self) -> dict:
@@ -271,8 +277,9 @@ class LeRobotWriter:
         write_json_atomic(self._meta(layout.INFO_FILE), info)
         return info
 
-    def _write_parquet(self, path: Path, columns: dict[str, np.ndarray]) -> None:
-        schema = layout.arrow_schema(self._features or _non_video(layout.DROID_FEATURES))
+    def _write_parquet(self, path: Path, columns: dict[str, np.ndarray], features: dict | None = None) -> None:
+        """Write the columns of ``features`` (default: the dataset's); other columns are left out."""
+        schema = layout.arrow_schema(features or self._features)
         arrays = [layout.array_to_arrow(columns[f.name], f.type) for f in schema]
         table = pa.Table.from_arrays(arrays, schema=schema)
         with atomic_path(path, fsync=True) as tmp:
@@ -312,6 +319,8 @@ def episode_columns(record: EpisodeRecord, episode_index: int, task_index: int, 
         "episode_index": np.full((t, 1), episode_index, np.int64),
         "index": np.arange(index_offset, index_offset + t, dtype=np.int64).reshape(t, 1),
         "task_index": np.full((t, 1), task_index, np.int64),
+        **({FRAME_SUCCESS: np.asarray(record.frame_success, bool).reshape(t, 1)}
+           if record.frame_success is not None else {}),
     }
 
 
@@ -331,6 +340,3 @@ def _image_stats_dict(s: RunningStats) -> dict:
     d = s.to_dict()
     return {k: (v if k == "count" else [[[x]] for x in v]) for k, v in d.items()}
 
-
-def _non_video(features: dict) -> dict:
-    return {k: v for k, v in features.items() if v["dtype"] not in ("video", "image")}

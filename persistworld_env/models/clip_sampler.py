@@ -20,7 +20,7 @@ from persistworld_env.models.denoiser import WorldModelDenoiser
 class SamplerConfig:
     """Sampling settings (stored with every model as its defaults; overridable per call)."""
 
-    steps: int = 4
+    steps: int = 3  # DIAMOND samples with 3 Euler steps; on MiniDROID 3 beats 4 and 8 in one-clip PSNR
     guidance: float = 1.0  # 1 = no classifier-free guidance (one branch)
     sigma_min: float = 0.002
     sigma_max: float = 80.0

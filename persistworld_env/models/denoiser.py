@@ -45,6 +45,10 @@ class DenoiserConfig:
     added_time_ids: tuple[float, ...] = (7.0, 127.0, 0.0)
     #: Factor on the current-frame conditioning latent (Ctrl-World divides by the VAE scaling factor).
     cond_latent_scale: float = 1.0
+    #: Denoise the clip as a change from the current frame: the EDM preconditioning runs on
+    #: x - current and the estimate is current + (denoised change), so a still scene costs the network
+    #: nothing. Seen from outside it is still an x0 predictor (same loss, same sampler).
+    residual_to_current: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -68,7 +72,7 @@ DENOISER_SCALES: dict[str, DenoiserConfig] = {
     "tiny": DenoiserConfig(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlockSpatioTemporal",
                            "DownBlockSpatioTemporal"), up_block_types=("UpBlockSpatioTemporal",
                            "CrossAttnUpBlockSpatioTemporal"), num_attention_heads=(2, 2), token_dim=32),
-    "default": DenoiserConfig(),
+    "default": DenoiserConfig(residual_to_current=True),
     "ctrl-world": DenoiserConfig(
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
@@ -174,5 +178,10 @@ class WorldModelDenoiser(nn.Module):
                              f"got {history.shape[1]} and {noisy_clip.shape[1]}")
         if tokens.shape[1] != self.config.num_frames:
             raise ValueError(f"expected {self.config.num_frames} tokens (one per frame), got {tokens.shape[1]}")
-        return denoise(lambda x_in, c_noise: self.network(history, x_in, c_noise, current, tokens),
-                       noisy_clip, sigma)
+        def network(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return self.network(history, x_in, c_noise, current, tokens)
+
+        if not self.config.residual_to_current:
+            return denoise(network, noisy_clip, sigma)
+        anchor = current[:, None]
+        return anchor + denoise(network, noisy_clip - anchor, sigma)

@@ -34,6 +34,8 @@ class MiniDROIDSimEnv(gym.Env):
     Action: float32 (4, 7), normalised absolute poses for the next 4 frames; each is reached by linear
     interpolation over 3 control ticks at 15 Hz (see :func:`persistworld_env.spaces.validate_action`
     for what is rejected and what is clipped). Reward 1 and termination when the task succeeds.
+    Info: ``instruction``, ``task``, ``success``, the measured ``raw_pose`` and the target object's start
+    ``target_position`` (``PersistWorld-DROID-v0`` reports the same keys).
 
     Args:
         height, width: camera resolution.
@@ -69,7 +71,7 @@ class MiniDROIDSimEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         return {"instruction": self.sim.instruction, "task": self.sim.task.family, "success": self.sim.success(),
-                "raw_pose": self.sim.pose()}
+                "raw_pose": self.sim.pose(), "target_position": self._target_start.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -84,6 +86,7 @@ class MiniDROIDSimEnv(gym.Env):
         first = self.sim.render()
         self._clip = {c: np.repeat(first[c][None], FRAMES_PER_STEP, axis=0) for c in CAMERAS}
         self._command = self.sim.pose().astype(np.float64)
+        self._target_start = self.sim.object_position(self.sim.task.target).astype(np.float32).copy()
         info = self._info() | {"source": "sim", "episode_seed": episode_seed}
         return self._observation(), info
 

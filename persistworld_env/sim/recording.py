@@ -1,6 +1,8 @@
 """Record scripted-expert episodes of the MiniDROID simulator as :class:`EpisodeRecord` s."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from persistworld_env.constants import CAMERAS, DATA_FPS
@@ -12,24 +14,48 @@ MAX_SECONDS = 15.0
 HOLD_TICKS = 8  # ticks recorded after the expert finishes
 
 
-def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None,
-                   noise: ExpertNoise | None = None, max_ticks: int = int(MAX_SECONDS * DATA_FPS)) -> EpisodeRecord:
-    """Reset ``sim`` at ``seed``, run a scripted expert and return the 15 Hz recording.
+@dataclass
+class ExpertRun:
+    """What one scripted-expert episode produced, tick by tick (T ticks at 15 Hz).
 
-    The expert's noise is drawn from :meth:`ExpertNoise.sample` unless given. Deterministic by seed.
+    Row ``t`` describes the state frame ``t`` shows (before command ``t`` is applied): ``state`` (T, 7)
+    measured pose, ``joints`` (T, 7), ``frame_success`` (T,) the task predicate on that state; ``actions``
+    (T, 7) the command of tick ``t`` and ``targets`` (T, 7) the joint targets it produced. ``success``
+    is the predicate after the last tick (the episode's label). ``frames`` is None when not rendered.
+    """
+
+    frames: dict[str, np.ndarray] | None
+    state: np.ndarray
+    joints: np.ndarray
+    actions: np.ndarray
+    targets: np.ndarray
+    frame_success: np.ndarray
+    success: bool
+    noise: ExpertNoise
+
+
+def run_expert(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None, noise: ExpertNoise | None = None,
+               max_ticks: int = int(MAX_SECONDS * DATA_FPS), render: bool = True) -> ExpertRun:
+    """Reset ``sim`` at ``seed`` and run a scripted expert to its end; deterministic by seed.
+
+    The expert's noise is drawn from :meth:`ExpertNoise.sample` unless given. ``render=False`` skips
+    the cameras (physics only, several times faster): rendering never changes the physics, so the
+    states are the very same as in a rendered run.
     """
     sim.reset(seed, task_family)
     rng = np.random.default_rng([seed, 1])
     noise = noise if noise is not None else ExpertNoise.sample(rng)
     expert = ScriptedExpert(sim, noise, rng)
-    frames = {c: [] for c in CAMERAS}
-    state, joints, actions, targets = [], [], [], []
+    frames = {c: [] for c in CAMERAS} if render else None
+    state, joints, actions, targets, frame_success = [], [], [], [], []
     hold = HOLD_TICKS
     for _ in range(max_ticks):
-        for cam, img in sim.render().items():
-            frames[cam].append(img)
+        if frames is not None:
+            for cam, img in sim.render().items():
+                frames[cam].append(img)
         state.append(sim.pose())
         joints.append(sim.joint_position())
+        frame_success.append(sim.success())
         command = expert.act()
         sim.tick(command)
         actions.append(command)
@@ -38,14 +64,26 @@ def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None =
             hold -= 1
             if hold < 0:
                 break
-    state, actions = np.stack(state), np.stack(actions)
+    return ExpertRun(frames={c: np.stack(v) for c, v in frames.items()} if frames is not None else None,
+                     state=np.stack(state), joints=np.stack(joints), actions=np.stack(actions),
+                     targets=np.stack(targets), frame_success=np.array(frame_success, dtype=bool),
+                     success=sim.success(), noise=noise)
+
+
+def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None,
+                   noise: ExpertNoise | None = None, max_ticks: int = int(MAX_SECONDS * DATA_FPS)) -> EpisodeRecord:
+    """Reset ``sim`` at ``seed``, run a scripted expert and return the 15 Hz recording (with per-frame
+    success labels, see :func:`run_expert`). Deterministic by seed."""
+    run = run_expert(sim, seed, task_family, noise, max_ticks, render=True)
+    state, actions = run.state, run.actions
     return EpisodeRecord(
-        frames={c: np.stack(v) for c, v in frames.items()},
-        cartesian_position=state[:, :6], gripper_position=state[:, 6:7], joint_position=np.stack(joints),
+        frames=run.frames,
+        cartesian_position=state[:, :6], gripper_position=state[:, 6:7], joint_position=run.joints,
         action_cartesian_position=actions[:, :6], action_gripper_position=actions[:, 6:7],
-        action_joint_position=np.stack(targets),
-        instruction=sim.instruction, task=sim.task.family, success=sim.success(), seed=int(seed),
-        extra={"noise": vars(noise), "scene": sim.scene.describe(), "target": sim.task.target},
+        action_joint_position=run.targets,
+        instruction=sim.instruction, task=sim.task.family, success=run.success, seed=int(seed),
+        extra={"noise": vars(run.noise), "scene": sim.scene.describe(), "target": sim.task.target},
+        frame_success=run.frame_success,
     )
 
 
