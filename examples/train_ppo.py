@@ -97,14 +97,15 @@ def main() -> None:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecMonitor
 
     from persistworld_env.sb3 import SB3VecEnv
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    venv = SB3VecEnv(num_envs=args.num_envs, model=args.model, task="pick", reward=reach_reward,
-                     max_episode_steps=args.episode_steps)
+    venv = VecMonitor(SB3VecEnv(num_envs=args.num_envs, model=args.model, task="pick", reward=reach_reward,
+                                max_episode_steps=args.episode_steps))  # episode returns for the learning curve
     venv.seed(args.seed)
     policy = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=min(64, args.n_steps * args.num_envs),
                  n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0)

@@ -222,3 +222,12 @@ def test_step_info_carries_start_facts_and_the_raw_pose(model_dir):
     np.testing.assert_array_equal(info["target_position"], start["target_position"])
     np.testing.assert_allclose(info["raw_pose"], env.model.normalizer.denormalize(action[-1]), atol=1e-5)
     env.close()
+
+
+def test_gym_make_runs_the_embedded_default_model():
+    env = gym.make("PersistWorld-DROID-v0", reward="success")  # no model= : the model shipped in the package
+    obs, info = env.reset(seed=0)
+    assert obs["exterior_1_left"].shape == (4, 48, 80, 3) and info["source"] == "sim"
+    obs, reward, terminated, truncated, info = env.step(np.tile(obs["pose"], (4, 1)))
+    assert obs["wrist_left"].dtype == np.uint8 and 0.0 <= info["success_probability"] <= 1.0
+    env.close()

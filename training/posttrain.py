@@ -66,7 +66,10 @@ class PosttrainConfig:
     candidates: int = 16
     max_prefix: int = 6
     max_clips: int = 2
-    sampling_steps: int | None = None  # None = the model's default
+    #: Euler steps for prefixes and candidates (None = the model's default). Candidates must differ to be
+    #: compared: with very few steps (the embedded model samples with 2) a sample is close to the
+    #: posterior mean, so post-training samples with more.
+    sampling_steps: int | None = 4
     lpips: str = "real"  # "real" | "random" | "off"
     lpips_weights: str | None = None
     metric_weights: str = "psnr=1,ssim=1,lpips=1"
@@ -351,7 +354,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--candidates", "-K", type=int, default=d.candidates, help="candidates per group")
     parser.add_argument("--max-prefix", type=int, default=d.max_prefix, help="prefix length L ~ U{0..this} steps")
     parser.add_argument("--max-clips", type=int, default=d.max_clips, help="continuation length ~ U{1..this} clips")
-    parser.add_argument("--sampling-steps", type=int, default=None, help="Euler steps (default: the model's)")
+    parser.add_argument("--sampling-steps", type=int, default=4,
+                        help="Euler steps of prefixes and candidates (0 = the model's default)")
     parser.add_argument("--lpips", default=d.lpips, choices=["real", "random", "off"],
                         help="LPIPS backbone: real AlexNet weights (must be on this machine), an explicitly "
                              "random backbone, or off (PSNR + SSIM rewards only)")
