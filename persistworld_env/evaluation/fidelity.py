@@ -36,7 +36,7 @@ import numpy as np
 
 from persistworld_env.constants import EXTERIOR_CAMERAS, FRAMES_PER_STEP, MODEL_FPS, WRIST_CAMERAS
 from persistworld_env.evaluation.comparisons import elo_ratings, model_pairs, paired_comparison
-from persistworld_env.evaluation.schema import Checker, SchemaError
+from persistworld_env.evaluation.schema import Checker, SchemaError, load_document
 
 SCHEMA_VERSION = 1
 METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -286,16 +286,7 @@ def validate_metrics(doc: Mapping[str, Any]) -> None:
 
 def load_metrics(path: str | os.PathLike) -> dict:
     """Read and validate ``metrics.json`` (a file, or the folder holding it)."""
-    import json
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics.json at {path} (run persistworld evaluate first)")
-    doc = json.loads(path.read_text())
-    validate_metrics(doc)
-    return doc
+    return load_document(path, "metrics.json", validate_metrics, "persistworld evaluate")
 
 
 # -- the table in the paper's shape ----------------------------------------------------------------------

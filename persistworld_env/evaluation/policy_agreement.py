@@ -17,15 +17,13 @@ the statistic is defined.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from persistworld_env.evaluation.schema import Checker, SchemaError
+from persistworld_env.evaluation.schema import Checker, SchemaError, load_document
 
 
 def _rates(values: Sequence[float], name: str) -> np.ndarray:
@@ -208,11 +206,4 @@ def validate_policy_eval(doc: Mapping[str, Any]) -> None:
 
 def load_policy_eval(path: str | os.PathLike) -> dict:
     """Read and validate ``policy_eval.json`` (a file, or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "policy_eval.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no policy_eval.json at {path} (run persistworld policy-eval first)")
-    doc = json.loads(path.read_text())
-    validate_policy_eval(doc)
-    return doc
+    return load_document(path, "policy_eval.json", validate_policy_eval, "persistworld policy-eval")

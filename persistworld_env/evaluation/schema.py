@@ -5,12 +5,27 @@ Errors name the document and the dotted path of the bad field, e.g.
 """
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Mapping
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 
 class SchemaError(ValueError):
     """An evaluation document does not follow its schema."""
+
+
+def load_document(path: str | os.PathLike, filename: str, validate: Callable[[dict], None], command: str) -> dict:
+    """Read and validate an evaluation document: ``path`` is the file or the folder holding ``filename``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"no {filename} at {path} (run {command} first)")
+    doc = json.loads(path.read_text())
+    validate(doc)
+    return doc
 
 
 class Checker:

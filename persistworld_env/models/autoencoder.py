@@ -56,6 +56,21 @@ class ModelLoadError(OSError):
     """A model directory or weights file is missing, truncated, corrupt or of the wrong kind (names the path)."""
 
 
+def load_safetensors_into(module: torch.nn.Module, weights: Path, config_path: Path) -> None:
+    """Load a safetensors file into ``module`` (strict), turning unreadable or mismatched weights into
+    :class:`ModelLoadError` that names the files."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types on truncation
+        raise ModelLoadError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{weights} does not match {config_path}: {e}") from e
+
+
 def autoencoder_config(scale: str, **overrides: Any) -> dict[str, Any]:
     """A copy of the constructor arguments of ``scale`` with ``overrides`` applied."""
     if scale not in AUTOENCODER_CONFIGS:

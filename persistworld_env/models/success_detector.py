@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH
-from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.autoencoder import ModelLoadError, load_safetensors_into
 from persistworld_env.models.conditioning import MINIDROID_VOCABULARY, InstructionEmbedding
 from persistworld_env.models.image_codec import uint8_to_float
 
@@ -187,8 +187,6 @@ class SuccessDetector(nn.Module):
         Raises:
             ModelLoadError: the folder, its config or its weights are missing, corrupt or do not match.
         """
-        from safetensors.torch import load_file
-
         directory = Path(path)
         if (directory / DETECTOR_SUBDIR / CONFIG_FILE).is_file():  # a world model directory holding one
             directory = directory / DETECTOR_SUBDIR
@@ -203,14 +201,7 @@ class SuccessDetector(nn.Module):
         except (OSError, ValueError, TypeError) as e:
             raise ModelLoadError(f"cannot read success detector config {config_path}: {e}") from e
         model = cls(config)
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types on truncation
-            raise ModelLoadError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ModelLoadError(f"{weights} does not match {config_path}: {e}") from e
+        load_safetensors_into(model, weights, config_path)
         card = directory / MODEL_CARD
         model.model_card = card.read_text() if card.is_file() else ""
         return model.to(device).eval()

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH, EXTERIOR_CAMERAS
 from persistworld_env.data.stats import PoseNormalizer
-from persistworld_env.models.autoencoder import ModelLoadError, build_autoencoder, load_autoencoder
+from persistworld_env.models.autoencoder import (ModelLoadError, build_autoencoder, load_autoencoder,
+                                                  load_safetensors_into)
 from persistworld_env.models.clip_sampler import SamplerConfig
 from persistworld_env.models.denoiser import DENOISER_SCALES, DenoiserConfig, WorldModelDenoiser
 from persistworld_env.models.image_codec import LatentCodec, float_to_uint8, uint8_to_float
@@ -191,14 +192,7 @@ class WorldModel(nn.Module):
         autoencoder = load_autoencoder(directory / AUTOENCODER_DIR)
         model = cls(config, autoencoder, normalizer)
         weights = directory / DENOISER_FILE
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types on truncation
-            raise ModelLoadError(f"cannot read {weights} (truncated or corrupt?): {e}") from e
-        try:
-            model.denoiser.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ModelLoadError(f"{weights} does not match {directory / CONFIG_FILE}: {e}") from e
+        load_safetensors_into(model.denoiser, weights, directory / CONFIG_FILE)
         card = directory / MODEL_CARD
         model.model_card = card.read_text() if card.is_file() else ""
         return model.to(device).eval()
