@@ -12,7 +12,7 @@ from persistworld_env.constants import CAMERAS
 from persistworld_env.data.lerobot_reader import LeRobotEpisodes
 from persistworld_env.evaluation.fidelity import (
     MetricsSchemaError, ModelSpec, ReplayRun, build_metrics_document, fidelity_table, group_curves, load_metrics,
-    rollout_seed, validate_metrics,
+    load_replay_run, model_fingerprint, rollout_seed, validate_metrics,
 )
 from persistworld_env.metrics import psnr, ssim
 from persistworld_env.models.world_model import WorldModel
@@ -90,6 +90,35 @@ def test_paired_section_elo_table_plots_and_videos(evaluated):
     assert doc["videos"]["columns"] == ["ground truth", "a", "b", "same"]
     files = doc["videos"]["files"]["0"]
     assert set(files) == set(CAMERAS) and all((root / "out" / f).stat().st_size > 0 for f in files.values())
+
+
+def test_stored_runs_are_reused_only_for_the_same_weights_and_settings(evaluated, monkeypatch):
+    import persistworld_env.evaluation.fidelity as fidelity_module
+
+    root, doc = evaluated
+    out = root / "out_again"
+    shutil.copytree(root / "out" / "runs", out / "runs")
+    calls = []
+    real_replay = fidelity_module.replay_model
+    monkeypatch.setattr(fidelity_module, "replay_model", lambda model, *a, **k: calls.append(1) or real_replay(
+        model, *a, **k))
+    settings = dict(episodes=3, horizon=2, lpips="random", batch_size=2, sampling_steps=2, videos=1, bootstrap=50,
+                    split="all", progress=False, command="persistworld evaluate (test)")
+    again = run_evaluation([f"a={root / 'a'}", f"b={root / 'b'}"], str(root / "ds"), str(out), **settings)
+    assert calls == []  # both reused
+    assert again["models"]["a"]["per_camera"] == doc["models"]["a"]["per_camera"]
+    # Another model under a stored name, or another setting, replays again.
+    run_evaluation([f"a={root / 'b'}"], str(root / "ds"), str(out), **settings)
+    assert len(calls) == 1
+    run_evaluation([f"a={root / 'b'}"], str(root / "ds"), str(out), **{**settings, "seed": 3})
+    assert len(calls) == 2
+    # A damaged store is ignored (and rewritten), never trusted.
+    (out / "runs" / "b.npz").write_bytes(b"not an npz")
+    run_evaluation([f"b={root / 'b'}"], str(root / "ds"), str(out), **settings)
+    assert len(calls) == 3 and load_replay_run(out / "runs" / "b.npz", {"x": 1}) is None
+    # The fingerprint follows the weights, not the folder.
+    fp = [model_fingerprint(WorldModel.from_pretrained(root / n)) for n in ("a", "a_copy", "b")]
+    assert fp[0] == fp[1] != fp[2]
 
 
 def test_bad_inputs_are_clear_errors(setup):

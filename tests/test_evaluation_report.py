@@ -101,3 +101,23 @@ def test_report_end_to_end_on_tiny_models(tmp_path):
     text = out.read_text()
     assert "| tiny |" in text and "LPIPS was not computed" in text and "expert-careful" in text
     assert "persistworld evaluate --model" in text and "persistworld policy-eval --model" in text
+
+
+def test_summary_names_the_better_model_by_hand_computed_margins_and_includes_notes(tmp_path):
+    metrics, _ = _write_synthetic_outputs(tmp_path)
+    notes = tmp_path / "notes.md"
+    notes.write_text("Post-training did not help the wrist camera.\n")
+    text = build_report(str(tmp_path / "eval"), None, str(tmp_path / "r.md"), command="persistworld report",
+                        notes=str(notes))
+    base, pw = metrics["models"]["base"], metrics["models"]["persistworld"]
+    # persistworld is shifted up in PSNR (+1 dB) and down in LPIPS: it is the better model on both.
+    psnr_gap = pw["exterior"]["psnr"]["mean"] - base["exterior"]["psnr"]["mean"]
+    pair = next(p for p in metrics["paired"] if p["group"] == "exterior" and p["metric"] == "psnr")
+    wins = pair["losses"] if pair["model_a"] == "base" else pair["wins"]
+    assert (f"- external cameras, PSNR: **persistworld** over base by {psnr_gap:.3f} dB" in text
+            and f"persistworld is better on {wins} of {pair['n']} episodes" in text)
+    lpips_gap = base["wrist"]["lpips"]["mean"] - pw["wrist"]["lpips"]["mean"]
+    assert lpips_gap > 0 and f"- wrist camera, LPIPS: **persistworld** over base by {lpips_gap:.3f}" in text
+    assert "## Notes\n\nPost-training did not help the wrist camera." in text
+    with pytest.raises(FileNotFoundError, match="notes"):
+        build_report(str(tmp_path / "eval"), None, str(tmp_path / "r.md"), notes=str(tmp_path / "missing.md"))

@@ -23,3 +23,14 @@ def test_resumed_parallel_generation_equals_a_fresh_serial_one(tmp_path):
     np.testing.assert_array_equal(a.load_pose(2), b.load_pose(2))
     seeds = [json.loads(line)["seed"] for line in (fresh / "meta/episodes.jsonl").read_text().splitlines()]
     assert seeds == [episode_seed(7, i) for i in range(3)]
+
+
+def test_min_seconds_gives_long_episodes_and_is_validated(tmp_path):
+    import pytest
+
+    from persistworld_env.constants import DATA_FPS
+
+    generate_dataset(tmp_path / "long", 1, seed=7, workers=1, height=24, width=40, progress=False, min_seconds=12)
+    assert LeRobotEpisodes(tmp_path / "long").length(0) >= 12 * DATA_FPS
+    with pytest.raises(ValueError, match="min-seconds"):
+        generate_dataset(tmp_path / "bad", 1, min_seconds=99, progress=False)

@@ -213,3 +213,19 @@ def test_naming_the_drawn_family_gives_the_same_episode(sim):
     family, qpos = sim.task.family, sim.data.qpos.copy()
     sim.reset(21, family)
     np.testing.assert_array_equal(sim.data.qpos, qpos)
+
+
+def test_min_ticks_extends_an_episode_without_changing_its_task_part(sim):
+    from persistworld_env.sim.recording import run_expert
+
+    short = run_expert(sim, 1, render=False)
+    long = run_expert(sim, 1, render=False, min_ticks=150)
+    n = len(short.state) - 9  # the short run ends with HOLD_TICKS of holding after the task
+    assert len(short.state) < 150 <= len(long.state)
+    np.testing.assert_array_equal(long.state[:n], short.state[:n])
+    assert long.success == short.success
+    # after the task the arm goes back to where it started and stays there
+    np.testing.assert_allclose(long.state[-1, :3], long.state[0, :3], atol=0.02)
+    np.testing.assert_allclose(long.state[-5:, :3], long.state[-1:, :3].repeat(5, 0), atol=3e-3)
+    with pytest.raises(ValueError, match="min_ticks"):
+        run_expert(sim, 1, render=False, min_ticks=10_000)

@@ -34,7 +34,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from persistworld_env.sim.generation import generate_dataset
 
     summary = generate_dataset(args.out, args.episodes, seed=args.seed, height=args.height, width=args.width,
-                               workers=args.workers, task=args.task, low_poly=not args.full_meshes)
+                               workers=args.workers, task=args.task, low_poly=not args.full_meshes,
+                               min_seconds=args.min_seconds)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="simulator processes (default: 2)")
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="one task family only")
     p.add_argument("--full-meshes", action="store_true", help="render the arm with its detailed meshes (slower)")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="make every episode at least this long: after its task the expert brings the arm back to "
+                        "its start and holds it (long-horizon evaluation sets; 12 covers 14 replay steps)")
     p.set_defaults(func=_cmd_generate)
 
     for name, module_path, help_text in MODULE_COMMANDS:

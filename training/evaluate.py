@@ -8,7 +8,10 @@ Every model replays the same held-out episodes from their first frame for ``--ho
   :mod:`persistworld_env.evaluation.fidelity`);
 * ``fidelity_<metric>.png``: each metric over the steps, all models, external and wrist panels;
 * ``videos/episode_<id>_<camera>.mp4``: ground truth and each model side by side (left to right in the
-  order of ``metrics.json["videos"]["columns"]``), for the first ``--videos`` episodes.
+  order of ``metrics.json["videos"]["columns"]``), for the first ``--videos`` episodes;
+* ``runs/<name>.npz``: each model's scores, stored with a fingerprint of its weights and the settings.
+  Running the command again with one more model replays only that one: a stored run is reused exactly
+  when the weights and every setting that shapes it match.
 
 LPIPS needs torchvision's ImageNet AlexNet weights (``--lpips real``, the default); offline without
 them choose ``--lpips random`` (labelled ``alexnet-random``: not a perceptual metric) or ``--lpips off``.
@@ -34,7 +37,8 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
 
     from persistworld_env.data.dataset import WorldModelDataset
     from persistworld_env.evaluation.fidelity import (
-        ModelSpec, build_metrics_document, replay_model, unique_specs, validate_metrics,
+        ModelSpec, build_metrics_document, load_replay_run, model_fingerprint, replay_model, save_replay_run,
+        unique_specs, validate_metrics,
     )
     from persistworld_env.evaluation.plots import plot_fidelity_curves
     from persistworld_env.models.world_model import WorldModel
@@ -64,9 +68,19 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
             if len(chosen) < episodes:
                 print(f"note: only {len(chosen)} {split} episodes fit {horizon} steps (asked {episodes})")
         _check_compatible(model, reader, cameras, spec)
-        print(f"[{spec.name}] replaying {len(chosen)} episodes x {horizon} steps")
-        run = replay_model(model, reader, chosen, horizon, seed=seed, batch_size=batch_size, lpips=metric,
-                           sampler_overrides=sampler, keep_videos=chosen[:videos], progress=progress)
+        key = {"model": model_fingerprint(model), "data": str(Path(data).resolve()),
+               "episodes": [int(e) for e in chosen], "horizon": horizon, "seed": seed, "batch_size": batch_size,
+               "sampler": sampler, "lpips": metric.backbone if metric is not None else None,
+               "videos": [int(e) for e in chosen[:videos]]}
+        stored = out_dir / "runs" / f"{spec.name}.npz"
+        run = load_replay_run(stored, key)
+        if run is not None:
+            print(f"[{spec.name}] reusing {stored} (same weights and settings)")
+        else:
+            print(f"[{spec.name}] replaying {len(chosen)} episodes x {horizon} steps")
+            run = replay_model(model, reader, chosen, horizon, seed=seed, batch_size=batch_size, lpips=metric,
+                               sampler_overrides=sampler, keep_videos=chosen[:videos], progress=progress)
+            save_replay_run(run, stored, key)
         runs[spec.name] = (spec, run)
         kept[spec.name] = run.videos
         del model

@@ -91,6 +91,31 @@ def paired_section(doc: dict) -> list[str]:
     return lines + md_table(["A", "B", "cameras", "metric", "A wins / n", "win rate", "ties", "p"], rows) + [""]
 
 
+def summary_lines(doc: dict, alpha: float = 0.05) -> list[str]:
+    """One plain sentence per model pair, camera group and metric: who is better, by how much, how sure."""
+    units = {"psnr": " dB", "ssim": "", "lpips": ""}
+    lines = []
+    for p in doc["paired"]:
+        a, b, group, metric = p["model_a"], p["model_b"], p["group"], p["metric"]
+        mean_a, mean_b = (doc["models"][m][group][metric]["mean"] for m in (a, b))
+        higher = doc["higher_is_better"][metric]
+        winner, loser = (a, b) if (mean_a > mean_b) == higher else (b, a)
+        wins = p["wins"] if winner == a else p["losses"]
+        verdict = "significant" if p["p_value"] < alpha else "not significant"
+        where = {"exterior": "external cameras"}.get(group, f"{group} camera")
+        lines.append(f"- {where}, {metric.upper()}: **{winner}** over {loser} by {abs(mean_a - mean_b):.3f}"
+                     f"{units.get(metric, '')} ({mean_a:.3f} vs {mean_b:.3f} for {a} vs {b}); {winner} is better on "
+                     f"{wins} of {p['n']} episodes, p = {_p(p['p_value'])} ({verdict} at {alpha}).")
+    return lines
+
+
+def summary_section(doc: dict) -> list[str]:
+    if not doc["paired"]:
+        return []
+    return ["## Summary", "", "Means over all replay steps and episodes; p from the paired sign test below.", ""] + \
+        summary_lines(doc) + [""]
+
+
 def elo_section(doc: dict) -> list[str]:
     elo = doc["elo"]
     rows = sorted(([name, f"{r['elo']:.0f}", f"[{r['ci_low']:.0f}, {r['ci_high']:.0f}]"]
@@ -155,13 +180,20 @@ def reproduce_section(metrics: dict | None, policy: dict | None, command: str) -
     return lines + [""]
 
 
-def build_report(eval_dir: str | None, policy_dir: str | None, out: str, command: str | None = None) -> str:
-    """Write the report to ``out`` (figures to ``<out stem>_files/``) and return its text."""
+def build_report(eval_dir: str | None, policy_dir: str | None, out: str, command: str | None = None,
+                 notes: str | None = None) -> str:
+    """Write the report to ``out`` (figures to ``<out stem>_files/``) and return its text.
+
+    ``notes``: a Markdown file of the authors' reading of the numbers, included verbatim under *Notes*
+    (everything else is generated).
+    """
     from persistworld_env.evaluation.fidelity import load_metrics
     from persistworld_env.evaluation.policy_agreement import load_policy_eval
 
     if eval_dir is None and policy_dir is None:
         raise ValueError("give --eval and/or --policy-eval")
+    if notes is not None and not Path(notes).is_file():
+        raise FileNotFoundError(f"--notes: no such file {notes}")
     report = Path(out)
     assets = report.parent / f"{report.stem}_files"
     metrics = load_metrics(eval_dir) if eval_dir else None
@@ -175,11 +207,14 @@ def build_report(eval_dir: str | None, policy_dir: str | None, out: str, command
     if metrics:
         eval_path = Path(eval_dir)
         eval_path = eval_path if eval_path.is_dir() else eval_path.parent
-        lines += fidelity_section(metrics, eval_path, report, assets) + paired_section(metrics) + elo_section(metrics)
+        lines += summary_section(metrics) + fidelity_section(metrics, eval_path, report, assets)
+        lines += paired_section(metrics) + elo_section(metrics)
     if policy:
         policy_path = Path(policy_dir)
         policy_path = policy_path if policy_path.is_dir() else policy_path.parent
         lines += policy_section(policy, policy_path, report, assets)
+    if notes is not None:
+        lines += ["## Notes", "", Path(notes).read_text().strip(), ""]
     lines += reproduce_section(metrics, policy, command)
     text = "\n".join(lines)
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -193,10 +228,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--policy-eval", dest="policy_dir", default=None, help="output folder of persistworld "
                         "policy-eval (or its policy_eval.json)")
     parser.add_argument("--out", default="docs/results.md", help="the Markdown report (default: docs/results.md)")
+    parser.add_argument("--notes", default=None, help="a Markdown file of notes on the numbers, included verbatim")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    build_report(args.eval_dir, args.policy_dir, args.out, command=getattr(args, "command_line", None))
+    build_report(args.eval_dir, args.policy_dir, args.out, command=getattr(args, "command_line", None),
+                 notes=args.notes)
     print(f"wrote {args.out}")
     return 0

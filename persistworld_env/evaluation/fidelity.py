@@ -26,6 +26,7 @@ PSNR of identical images is infinite; the document caps it at ``MAX_PSNR`` dB so
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -134,6 +135,48 @@ def replay_model(model, reader, episodes: Sequence[int], steps: int, seed: int =
     if "psnr" in scores:
         scores["psnr"] = np.minimum(scores["psnr"], MAX_PSNR)
     return ReplayRun(scores=scores, seconds=time.perf_counter() - start, videos=videos)
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over a world model's config, pose normaliser and every weight: same digest, same model."""
+    import hashlib
+
+    facts = {"config": model.config.to_dict(), "normalizer": model.normalizer.to_dict()}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_replay_run(run: ReplayRun, path: str | Path, key: Mapping[str, Any]) -> None:
+    """Store ``run`` at ``path`` (``.npz``, written atomically) under the settings ``key`` that produced it."""
+    from persistworld_env.data.io_utils import atomic_path
+
+    arrays = {f"scores/{k}": v for k, v in run.scores.items()}
+    arrays.update({f"video/{e}": v for e, v in run.videos.items()})
+    arrays["key"] = np.array(json.dumps(key, sort_keys=True))
+    arrays["seconds"] = np.array(run.seconds)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def load_replay_run(path: str | Path, key: Mapping[str, Any]) -> ReplayRun | None:
+    """The run stored at ``path`` if it was made with exactly ``key``; None if absent, different or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["key"])) != json.loads(json.dumps(key, sort_keys=True)):
+                return None
+            scores = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("scores/")}
+            videos = {int(k.split("/", 1)[1]): z[k] for k in z.files if k.startswith("video/")}
+            return ReplayRun(scores=scores, seconds=float(z["seconds"]), videos=videos)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        print(f"note: ignoring unreadable stored replay {path} ({e})")
+        return None
 
 
 def camera_groups(cameras: Sequence[str]) -> dict[str, list[str]]:

@@ -59,12 +59,17 @@ def _aligned_yaw(yaw: float) -> float:
 class ScriptedExpert:
     """Closed-loop waypoint expert for the simulator's current task."""
 
-    def __init__(self, sim: MiniDROIDSimulator, noise: ExpertNoise, rng: np.random.Generator) -> None:
+    def __init__(self, sim: MiniDROIDSimulator, noise: ExpertNoise, rng: np.random.Generator,
+                 return_home: bool = False) -> None:
+        """``return_home``: after the task, bring the arm back to its start position (gripper unchanged)."""
         self.sim, self.noise, self.rng = sim, noise, rng
         self.offset = np.append(rng.normal(0.0, noise.grasp_offset_std, 2), 0.0)
         self.phases = self._phases()
         self.give_up_at = int(rng.integers(1, len(self.phases))) if rng.random() < noise.give_up_prob else None
         pose = sim.pose()
+        if return_home:  # appended after give_up_at is drawn: the task part of the episode is unchanged
+            home = pose[:3].astype(np.float64)
+            self.phases.append(Phase("home", lambda sim, fr: (home, fr["yaw"], self.gripper), dwell=4, track=False))
         self.command = pose[:3].astype(np.float64)
         self.yaw, self.gripper = float(pose[5]), 0.0
         self.index, self.ticks_in_phase, self.dwell_left = 0, 0, None

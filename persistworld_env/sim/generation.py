@@ -28,28 +28,35 @@ def _init_worker(height: int, width: int, low_poly: bool) -> None:
     _SIM = MiniDROIDSimulator(height, width, low_poly=low_poly)
 
 
-def _record(job: tuple[int, int, str | None]) -> tuple[int, EpisodeRecord]:
+def _record(job: tuple[int, int, str | None, int]) -> tuple[int, EpisodeRecord]:
     from persistworld_env.sim.recording import record_episode
 
-    index, seed, task = job
-    return index, record_episode(_SIM, seed, task_family=task)
+    index, seed, task, min_ticks = job
+    return index, record_episode(_SIM, seed, task_family=task, min_ticks=min_ticks)
 
 
 def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, height: int = DEFAULT_HEIGHT,
                      width: int = DEFAULT_WIDTH, workers: int = 2, task: str | None = None,
-                     low_poly: bool = True, progress: bool = True) -> dict:
+                     low_poly: bool = True, progress: bool = True, min_seconds: float = 0.0) -> dict:
     """Write ``episodes`` scripted-expert episodes to ``out``; already indexed episodes are kept.
 
     Episode ``i`` always has seed ``episode_seed(seed, i)``, so a dataset is the same whatever the
-    number of workers or interruptions. Returns throughput figures and the success rate.
+    number of workers or interruptions. ``min_seconds`` > 0 makes every episode at least that long (the
+    expert returns the arm to its start after the task and holds it: long-horizon evaluation sets).
+    Returns throughput figures and the success rate.
     """
+    from persistworld_env.constants import DATA_FPS
     from persistworld_env.data.lerobot_writer import LeRobotWriter
+    from persistworld_env.sim.recording import MAX_SECONDS
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if not 0.0 <= min_seconds <= MAX_SECONDS:
+        raise ValueError(f"--min-seconds must lie in [0, {MAX_SECONDS}], got {min_seconds}")
+    min_ticks = int(np.ceil(min_seconds * DATA_FPS))
     writer = LeRobotWriter(Path(out))
     done = writer.completed_episodes()
-    jobs = [(i, episode_seed(seed, i), task) for i in range(episodes) if i not in done]
+    jobs = [(i, episode_seed(seed, i), task, min_ticks) for i in range(episodes) if i not in done]
     start, frames, successes = time.perf_counter(), 0, []
     bar = tqdm(total=episodes, initial=episodes - len(jobs), desc="MiniDROID episodes", unit="ep",
                disable=not progress)

@@ -35,17 +35,21 @@ class ExpertRun:
 
 
 def run_expert(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None, noise: ExpertNoise | None = None,
-               max_ticks: int = int(MAX_SECONDS * DATA_FPS), render: bool = True) -> ExpertRun:
+               max_ticks: int = int(MAX_SECONDS * DATA_FPS), render: bool = True, min_ticks: int = 0) -> ExpertRun:
     """Reset ``sim`` at ``seed`` and run a scripted expert to its end; deterministic by seed.
 
     The expert's noise is drawn from :meth:`ExpertNoise.sample` unless given. ``render=False`` skips
     the cameras (physics only, several times faster): rendering never changes the physics, so the
-    states are the very same as in a rendered run.
+    states are the very same as in a rendered run. ``min_ticks`` > 0 makes the episode at least that
+    long: after its task the expert returns the arm to its start position and holds it there (the task
+    part is the same as without it; used for long-horizon evaluation sets).
     """
+    if not 0 <= min_ticks <= max_ticks:
+        raise ValueError(f"min_ticks must lie in [0, max_ticks={max_ticks}], got {min_ticks}")
     sim.reset(seed, task_family)
     rng = np.random.default_rng([seed, 1])
     noise = noise if noise is not None else ExpertNoise.sample(rng)
-    expert = ScriptedExpert(sim, noise, rng)
+    expert = ScriptedExpert(sim, noise, rng, return_home=min_ticks > 0)
     frames = {c: [] for c in CAMERAS} if render else None
     state, joints, actions, targets, frame_success = [], [], [], [], []
     hold = HOLD_TICKS
@@ -62,7 +66,7 @@ def run_expert(sim: MiniDROIDSimulator, seed: int, task_family: str | None = Non
         targets.append(sim.joint_targets())
         if expert.done:
             hold -= 1
-            if hold < 0:
+            if hold < 0 and len(state) >= min_ticks:
                 break
     return ExpertRun(frames={c: np.stack(v) for c, v in frames.items()} if frames is not None else None,
                      state=np.stack(state), joints=np.stack(joints), actions=np.stack(actions),
@@ -71,10 +75,11 @@ def run_expert(sim: MiniDROIDSimulator, seed: int, task_family: str | None = Non
 
 
 def record_episode(sim: MiniDROIDSimulator, seed: int, task_family: str | None = None,
-                   noise: ExpertNoise | None = None, max_ticks: int = int(MAX_SECONDS * DATA_FPS)) -> EpisodeRecord:
+                   noise: ExpertNoise | None = None, max_ticks: int = int(MAX_SECONDS * DATA_FPS),
+                   min_ticks: int = 0) -> EpisodeRecord:
     """Reset ``sim`` at ``seed``, run a scripted expert and return the 15 Hz recording (with per-frame
-    success labels, see :func:`run_expert`). Deterministic by seed."""
-    run = run_expert(sim, seed, task_family, noise, max_ticks, render=True)
+    success labels; ``min_ticks``: see :func:`run_expert`). Deterministic by seed."""
+    run = run_expert(sim, seed, task_family, noise, max_ticks, render=True, min_ticks=min_ticks)
     state, actions = run.state, run.actions
     return EpisodeRecord(
         frames=run.frames,
