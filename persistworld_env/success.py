@@ -48,6 +48,22 @@ def load_success_detector(detector: Any = None, model: Any = None, device: str =
     return SuccessDetector.from_pretrained(candidate, device=device)
 
 
+def carry_success_detector(source_model: Any, dest_model_dir: str | os.PathLike) -> bool:
+    """Copy ``source_model``'s ``success_detector/`` into a model directory derived from it (a fine-tune).
+
+    The detector judges frames, not the world model's weights, so a fine-tuned or post-trained model keeps
+    its parent's. Returns whether one was copied (False: the source has none, or the destination has one).
+    """
+    import shutil
+
+    source = model_directory(source_model)
+    dest = Path(dest_model_dir) / DETECTOR_SUBDIR
+    if source is None or not (source / DETECTOR_SUBDIR / CONFIG_FILE).is_file() or dest.exists():
+        return False
+    shutil.copytree(source / DETECTOR_SUBDIR, dest)
+    return True
+
+
 class SuccessReward:
     """``(obs, info) -> 1.0 | 0.0``: the detector's verdict on the latest frame of every camera.
 

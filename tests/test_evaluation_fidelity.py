@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from persistworld_env.constants import CAMERAS
@@ -166,3 +167,18 @@ def test_schema_validator_accepts_good_documents_and_names_bad_fields():
     broken(lambda d: d["paired"][0].update(p_value=1.5), r"p_value")
     broken(lambda d: d["elo"]["ratings"].pop("base"), r"elo\.ratings")
     broken(lambda d: d["models"]["base"].pop("per_episode"), r"models\.base\.per_episode: missing")
+
+
+def test_a_fine_tuned_model_directory_keeps_its_parents_success_detector(tmp_path):
+    from persistworld_env.models.success_detector import SuccessDetector
+    from persistworld_env.success import carry_success_detector
+
+    parent = tiny_world_model(tmp_path / "parent", detector=True)
+    child = tiny_world_model(tmp_path / "child", seed=1, detector=False)
+    assert carry_success_detector(str(parent), child)
+    original = SuccessDetector.from_pretrained(parent / "success_detector").state_dict()
+    copied = SuccessDetector.from_pretrained(child / "success_detector").state_dict()
+    assert all(torch.equal(original[k], copied[k]) for k in original)
+    assert not carry_success_detector(str(parent), child)  # never overwrites one already there
+    bare = tiny_world_model(tmp_path / "bare", detector=False)
+    assert not carry_success_detector(str(bare), tmp_path / "other") and not (tmp_path / "other").exists()

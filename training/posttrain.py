@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from persistworld_env.success import carry_success_detector
 from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
 
 
@@ -334,6 +335,7 @@ def posttrain(config: PosttrainConfig) -> dict:
         merged = WorldModel(model.config, model.autoencoder, model.normalizer)
         merged.denoiser.load_state_dict(policy.merged_state_dict(), strict=True)
         merged.save_pretrained(out_dir / "model", model_card=_model_card(config, summary, model.model_card))
+        carry_success_detector(config.model, out_dir / "model")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         writer.close()
     accelerator.wait_for_everyone()

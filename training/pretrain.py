@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from persistworld_env.success import carry_success_detector
 from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
 
 
@@ -252,6 +253,8 @@ def pretrain(config: PretrainConfig) -> dict:
         ema.store(raw.parameters())
         ema.copy_to(raw.parameters())
         model.save_pretrained(out_dir / "model", model_card=_model_card(config, summary))
+        if config.init_from:
+            carry_success_detector(config.init_from, out_dir / "model")
         ema.restore(raw.parameters())
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         writer.close()
@@ -293,7 +296,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_card: str |
         for p, shadow in zip(params, ema["shadow_params"]):
             p.copy_(shadow)
     card = model_card or _model_card(config, {"step": state["step"], "validation": {}})
-    return model.save_pretrained(out, model_card=card)
+    folder = model.save_pretrained(out, model_card=card)
+    if config.init_from:
+        carry_success_detector(config.init_from, folder)
+    return folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
