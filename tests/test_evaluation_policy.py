@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -178,6 +179,13 @@ def test_policy_eval_command_end_to_end_and_resume(setup, monkeypatch):
     again = run_policy_eval([f"tiny={setup / 'wm'}"], str(out), num_envs=2, **kwargs)
     assert again["real"] == on_disk["real"]
     assert again["models"]["tiny"]["success"] == on_disk["models"]["tiny"]["success"]
+    # A copied output folder is reused too (policies are keyed by their weights, not their folder) ...
+    shutil.copytree(out, setup / "out_copy")
+    copied = run_policy_eval([f"tiny={setup / 'wm'}"], str(setup / "out_copy"), num_envs=2, **kwargs)
+    assert copied["real"] == on_disk["real"]
+    # ... because a behaviour-cloning policy is keyed by the SHA-256 of its weights, not by its folder.
+    bc = json.loads((out / "runs" / "sim" / "bc-3.json").read_text())["key"]["policy"]["config"]
+    assert "path" not in bc and len(bc["weights_sha256"]) == 64
     # Other settings are not served from the cache.
     with pytest.raises(pytest.fail.Exception, match="cached"):
         run_policy_eval([f"tiny={setup / 'wm'}"], str(out), num_envs=2, **{**kwargs, "max_steps": 3})

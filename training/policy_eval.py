@@ -97,6 +97,13 @@ def build_zoo(out: Path, data: str | None, bc_budgets: Sequence[int], bc_policie
     return zoo
 
 
+def policy_key(spec) -> dict:
+    """What identifies a policy's stored outcomes: its description without where its files lie (a
+    behaviour-cloning policy is named by its weights' SHA-256), so a copied output folder is reused."""
+    described = spec.describe()
+    return {**described, "config": {k: v for k, v in described["config"].items() if k != "path"}}
+
+
 def _cached_run(path: Path, key: dict, run) -> list[bool]:
     """The outcomes stored at ``path`` for exactly these settings (``key``), else ``run()``'s (then stored)."""
     key = json.loads(json.dumps(key))
@@ -147,7 +154,7 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
         normalizer = env_normalizer(venv)
         key = {"seeds": seeds, "max_steps": max_steps, "task": task, "world": settings}
         return {spec.name: _cached_run(out_dir / "runs" / world / f"{spec.name}.json",
-                                       {**key, "policy": spec.describe()},
+                                       {**key, "policy": policy_key(spec)},
                                        lambda: run_policy(venv, spec, seeds, max_steps, normalizer,
                                                           progress=progress, desc=f"{world}: {spec.name}"))
                 for spec in zoo}

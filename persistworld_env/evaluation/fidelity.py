@@ -137,16 +137,20 @@ def replay_model(model, reader, episodes: Sequence[int], steps: int, seed: int =
     return ReplayRun(scores=scores, seconds=time.perf_counter() - start, videos=videos)
 
 
-def model_fingerprint(model) -> str:
-    """SHA-256 over a world model's config, pose normaliser and every weight: same digest, same model."""
+def weights_sha256(module, facts: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 over a module's named weights (and JSON ``facts`` such as its config): same digest, same model."""
     import hashlib
 
-    facts = {"config": model.config.to_dict(), "normalizer": model.normalizer.to_dict()}
-    digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    digest = hashlib.sha256(json.dumps(facts or {}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def model_fingerprint(model) -> str:
+    """A world model's :func:`weights_sha256` over its config, pose normaliser and every weight."""
+    return weights_sha256(model, {"config": model.config.to_dict(), "normalizer": model.normalizer.to_dict()})
 
 
 def save_replay_run(run: ReplayRun, path: str | Path, key: Mapping[str, Any]) -> None:

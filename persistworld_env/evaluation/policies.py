@@ -392,8 +392,11 @@ def expert_spec(level: str, max_steps: int | None = None) -> PolicySpec:
 
 def bc_spec(model: BCModel, name: str | None = None, path: str | None = None) -> PolicySpec:
     """A behaviour-cloning policy of the zoo (named ``bc-<steps>`` by default)."""
+    from persistworld_env.evaluation.fidelity import weights_sha256
+
     steps = model.training_info.get("steps", "?")
-    config = {**model.training_info, **({"path": str(path)} if path else {})}
+    config = {**model.training_info, "weights_sha256": weights_sha256(model),
+              **({"path": str(path)} if path else {})}
     return PolicySpec(name or f"bc-{steps}", "bc", config, lambda: BCPolicy(model))
 
 
