@@ -111,9 +111,10 @@ def _cached_run(path: Path, key: dict, run) -> list[bool]:
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return [bool(x) for x in stored["success"]]
+    from persistworld_env.data.io_utils import write_json_atomic
+
     success = [bool(x) for x in run()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "success": success}))
+    write_json_atomic(path, {"key": key, "success": success})  # an interrupted run leaves no torn file
     return success
 
 

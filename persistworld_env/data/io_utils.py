@@ -38,10 +38,15 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (tmp file + ``os.replace``)."""
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_text(text)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (tmp file + ``os.replace``)."""
-    with atomic_path(path, fsync=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=4) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=4) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -98,8 +103,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite a JSON-lines file atomically with ``rows``."""
-    with atomic_path(path, fsync=True) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def truncate_torn_tail(path: str | os.PathLike) -> bool:

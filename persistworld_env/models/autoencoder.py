@@ -71,6 +71,16 @@ def load_safetensors_into(module: torch.nn.Module, weights: Path, config_path: P
         raise ModelLoadError(f"{weights} does not match {config_path}: {e}") from e
 
 
+def save_safetensors_atomic(module: torch.nn.Module, weights: Path) -> None:
+    """Write ``module``'s state dict to a safetensors file, replacing ``weights`` atomically."""
+    from safetensors.torch import save_file
+
+    from persistworld_env.data.io_utils import atomic_path
+
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+
+
 def autoencoder_config(scale: str, **overrides: Any) -> dict[str, Any]:
     """A copy of the constructor arguments of ``scale`` with ``overrides`` applied."""
     if scale not in AUTOENCODER_CONFIGS:

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH
-from persistworld_env.models.autoencoder import ModelLoadError, load_safetensors_into
+from persistworld_env.data.io_utils import write_text_atomic
+from persistworld_env.models.autoencoder import (ModelLoadError, load_safetensors_into,
+                                                  save_safetensors_atomic)
 from persistworld_env.models.conditioning import MINIDROID_VOCABULARY, InstructionEmbedding
 from persistworld_env.models.image_codec import uint8_to_float
 
@@ -168,16 +170,12 @@ class SuccessDetector(nn.Module):
     # -- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, model_card: str | None = None) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``README.md`` (each replaced atomically)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
-        tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_FILE)
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
+        save_safetensors_atomic(self, directory / WEIGHTS_FILE)
         card = model_card if model_card is not None else self.model_card
-        _write_atomic(directory / MODEL_CARD, card or "# PersistWorld success detector (untrained)\n")
+        write_text_atomic(directory / MODEL_CARD, card or "# PersistWorld success detector (untrained)\n")
         return directory
 
     @classmethod
@@ -206,8 +204,3 @@ class SuccessDetector(nn.Module):
         model.model_card = card.read_text() if card.is_file() else ""
         return model.to(device).eval()
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH, EXTERIOR_CAMERAS
+from persistworld_env.data.io_utils import write_text_atomic
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import (ModelLoadError, build_autoencoder, load_autoencoder,
-                                                  load_safetensors_into)
+                                                  load_safetensors_into, save_safetensors_atomic)
 from persistworld_env.models.clip_sampler import SamplerConfig
 from persistworld_env.models.denoiser import DENOISER_SCALES, DenoiserConfig, WorldModelDenoiser
 from persistworld_env.models.image_codec import LatentCodec, float_to_uint8, uint8_to_float
@@ -164,14 +164,12 @@ class WorldModel(nn.Module):
         """Write the model directory (see module docstring); files are replaced atomically one by one."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_text(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
-        _write_text(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
-        tmp = directory / (DENOISER_FILE + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.denoiser.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / DENOISER_FILE)
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
+        write_text_atomic(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
+        save_safetensors_atomic(self.denoiser, directory / DENOISER_FILE)
         self.autoencoder.save_pretrained(str(directory / AUTOENCODER_DIR))
         card = model_card if model_card is not None else self.model_card
-        _write_text(directory / MODEL_CARD, card or f"# PersistWorld world model ({self.config.scale})\n")
+        write_text_atomic(directory / MODEL_CARD, card or f"# PersistWorld world model ({self.config.scale})\n")
         return directory
 
     @classmethod
@@ -197,11 +195,6 @@ class WorldModel(nn.Module):
         model.model_card = card.read_text() if card.is_file() else ""
         return model.to(device).eval()
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
