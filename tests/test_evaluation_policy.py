@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from persistworld_env.evaluation.policies import (
     BCModel, BCPolicy, PolicySpec, bc_training_samples, expert_spec, random_spec, run_policy, step_success,
@@ -186,6 +187,17 @@ def test_policy_eval_command_end_to_end_and_resume(setup, monkeypatch):
     # ... because a behaviour-cloning policy is keyed by the SHA-256 of its weights, not by its folder.
     bc = json.loads((out / "runs" / "sim" / "bc-3.json").read_text())["key"]["policy"]["config"]
     assert "path" not in bc and len(bc["weights_sha256"]) == 64
+    # The world model is keyed by its files: a copy elsewhere is reused, changed weights at the same path are not.
+    shutil.copytree(setup / "wm", setup / "wm_copy")
+    run_policy_eval([f"tiny={setup / 'wm_copy'}"], str(out), num_envs=2, **kwargs)
+    from persistworld_env.models.world_model import WorldModel
+
+    changed = WorldModel.from_pretrained(setup / "wm_copy")
+    with torch.no_grad():
+        next(changed.denoiser.parameters()).add_(0.01)
+    changed.save_pretrained(setup / "wm_copy")
+    with pytest.raises(pytest.fail.Exception, match="cached"):
+        run_policy_eval([f"tiny={setup / 'wm_copy'}"], str(out), num_envs=2, **kwargs)
     # Other settings are not served from the cache.
     with pytest.raises(pytest.fail.Exception, match="cached"):
         run_policy_eval([f"tiny={setup / 'wm'}"], str(out), num_envs=2, **{**kwargs, "max_steps": 3})

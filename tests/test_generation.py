@@ -34,3 +34,22 @@ def test_min_seconds_gives_long_episodes_and_is_validated(tmp_path):
     assert LeRobotEpisodes(tmp_path / "long").length(0) >= 12 * DATA_FPS
     with pytest.raises(ValueError, match="min-seconds"):
         generate_dataset(tmp_path / "bad", 1, min_seconds=99, progress=False)
+
+
+def test_resuming_with_other_settings_is_refused_and_changes_nothing(tmp_path):
+    import pytest
+
+    from persistworld_env.sim.generation import SETTINGS_FILE
+
+    out = tmp_path / "set"
+    generate_dataset(out, 1, seed=7, workers=1, height=24, width=40, progress=False)
+    before = (out / "meta/episodes.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="seed: 7 in the dataset, 8 now"):
+        generate_dataset(out, 2, seed=8, workers=1, height=24, width=40, progress=False)
+    with pytest.raises(ValueError, match="min_ticks"):
+        generate_dataset(out, 2, seed=7, workers=1, height=24, width=40, progress=False, min_seconds=12)
+    assert (out / "meta/episodes.jsonl").read_bytes() == before
+    (out / SETTINGS_FILE).unlink()  # a dataset from before settings were stored: resumed, with a warning
+    with pytest.warns(UserWarning, match="cannot check"):
+        generate_dataset(out, 1, seed=7, workers=1, height=24, width=40, progress=False)
+    assert json.loads((out / SETTINGS_FILE).read_text())["seed"] == 7

@@ -141,6 +141,52 @@ def test_with_every_r_one_the_update_moves_the_prediction_toward_the_sample():
     assert torch.all(error() < before), (before, error())
 
 
+def test_shared_training_noise_gives_one_draw_per_key():
+    from persistworld_env.posttrain.update import shared_training_noise
+
+    keys = [0, 1, 0, 1, 0, 1]  # K = 3 candidates x C = 2 clips, candidate-major
+    sigma, noise = shared_training_noise(keys, (2, 3), generator=torch.Generator().manual_seed(0))
+    assert sigma.shape == (6,) and noise.shape == (6, 2, 3)
+    for k in (0, 1):
+        rows = [i for i, key in enumerate(keys) if key == k]
+        assert all(torch.equal(sigma[i], sigma[rows[0]]) and torch.equal(noise[i], noise[rows[0]]) for i in rows)
+    assert not torch.equal(noise[0], noise[1]) and sigma[0] != sigma[1]
+    again = shared_training_noise(keys, (2, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], sigma) and torch.equal(again[1], noise)
+    with pytest.raises(ValueError, match="non-empty"):
+        shared_training_noise([], (2,))
+
+
+def test_shared_noise_cancels_the_noise_driven_gradient_within_a_group():
+    """Two identical candidates with r = 0.7 and 0.3: at theta = old the update is (2r - 1)-weighted, so with
+    shared noise the two terms cancel exactly, with independent noise they do not."""
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.posttrain.update import nft_batch_loss, shared_training_noise
+    from persistworld_env.sim.env import default_pose_normalizer
+
+    torch.manual_seed(0)
+    denoiser = WorldModel.build("tiny", default_pose_normalizer(), height=24, width=40).denoiser
+    policy = PolicyWeights(denoiser, lora_root=denoiser.unet, fully_trained=[denoiser.action_encoder], lora_rank=4)
+    one = {"history": torch.randn(1, 6, 4, 9, 5), "current": torch.randn(1, 4, 9, 5),
+           "poses": torch.rand(1, 11, 7) * 2 - 1, "x0": torch.randn(1, 5, 4, 9, 5)}
+    batch = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in one.items()}
+    r = torch.tensor([0.7, 0.3])
+
+    def grad_norm(**draws) -> float:
+        policy_params = policy.trainable_parameters()
+        for p in policy_params:
+            p.grad = None
+        nft_batch_loss(denoiser, policy, r=r, generator=torch.Generator().manual_seed(1), **batch,
+                       **draws).total.sum().backward()
+        return float(torch.sqrt(sum(p.grad.pow(2).sum() for p in policy_params if p.grad is not None)))
+
+    sigma, noise = shared_training_noise([0, 0], batch["x0"].shape[1:], generator=torch.Generator().manual_seed(1))
+    assert grad_norm(sigma=sigma, noise=noise) < 1e-6
+    assert grad_norm() > 1e-3
+    with pytest.raises(ValueError, match="both sigma and noise"):
+        nft_batch_loss(denoiser, policy, r=r, sigma=sigma, **batch)
+
+
 class _Toy2D(nn.Module):
     """EDM-preconditioned x0 predictor of 2-D points."""
 

@@ -104,6 +104,24 @@ def policy_key(spec) -> dict:
     return {**described, "config": {k: v for k, v in described["config"].items() if k != "path"}}
 
 
+def files_sha256(directory: str | Path | None) -> str | None:
+    """SHA-256 over the files of a model directory (names and bytes, model cards (``*.md``) excluded): the
+    identity of a world model and its detector in stored outcomes, so that replacing the weights behind a
+    path (or the embedded default) is never mistaken for the same model."""
+    import hashlib
+
+    if directory is None:
+        return None
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no model directory at {root}")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".md"):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _cached_run(path: Path, key: dict, run) -> list[bool]:
     """The outcomes stored at ``path`` for exactly these settings (``key``), else ``run()``'s (then stored)."""
     key = json.loads(json.dumps(key))
@@ -132,6 +150,7 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
     from persistworld_env.evaluation.plots import plot_policy_scatter
     from persistworld_env.evaluation.policies import run_policy
     from persistworld_env.evaluation.policy_agreement import build_policy_eval_document, validate_policy_eval
+    from persistworld_env.success import model_directory
     from training.cli import command_line
 
     if episodes < 1 or max_steps < 1 or num_envs < 1:
@@ -171,8 +190,9 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
                          task=task, max_steps=max_steps, success_detector=success_detector,
                          success_threshold=success_threshold)
         try:
-            settings = {"model": spec.path, "sampling_steps": sampling_steps, "guidance": guidance,
-                        "success_detector": success_detector, "success_threshold": success_threshold}
+            settings = {"model_sha256": files_sha256(model_directory(spec.path)), "sampling_steps": sampling_steps,
+                        "guidance": guidance, "success_detector_sha256": files_sha256(success_detector),
+                        "success_threshold": success_threshold}
             results[spec.name] = {"path": spec.path, "success": run_all(venv, f"model-{spec.name}", settings)}
         finally:
             venv.close()

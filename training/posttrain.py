@@ -78,6 +78,9 @@ class PosttrainConfig:
     beta: float = 1.0
     adv_clip: float = 5.0
     ref_weight: float = 1e-4
+    #: the K candidates' clips at one position share their noise level and noise in the update
+    #: (common random numbers, see ``shared_training_noise``); off = one draw per sample
+    shared_noise: bool = False
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -191,13 +194,19 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
     (the number of micro-batches may differ between processes). Returns the means of the loss terms
     (total, positive, negative, reference) and the clipped gradient's norm.
     """
-    from persistworld_env.posttrain.update import nft_batch_loss
+    from persistworld_env.posttrain.update import nft_batch_loss, shared_training_noise
 
     dev, n, size = accelerator.device, len(samples), config.micro_batch
     starts = list(range(0, n, size))
     sums = torch.zeros(4, dtype=torch.float64)
+    shared = None
+    if config.shared_noise:
+        shared = shared_training_noise(samples.clip_index, samples.x0.shape[1:], generator=generator, device=dev,
+                                       dtype=samples.x0.dtype)
     for i, lo in enumerate(starts):
         batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in samples.batch(slice(lo, lo + size)).items()}
+        if shared is not None:
+            batch.update(sigma=shared[0][lo:lo + size], noise=shared[1][lo:lo + size])
         sync = nullcontext() if i == len(starts) - 1 else accelerator.no_sync(trained)
         with sync, accelerator.autocast():
             terms = nft_batch_loss(trained, policy, r=r[lo:lo + size], beta=config.beta, ref_weight=config.ref_weight,
@@ -381,6 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             help=f"{helps.get(name, name.replace('_', ' '))} (default: %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: the rank)")
     parser.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA adapters")
+    parser.add_argument("--shared-noise", action="store_true",
+                        help="noise the K candidates' clips alike in the update (common random numbers: the "
+                             "part of the gradient driven by the noise draw cancels within the group)")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

@@ -74,6 +74,12 @@ class GroupSamples:
         return int(self.x0.shape[0])
 
     @property
+    def clip_index(self) -> np.ndarray:
+        """(N,) position of each sample's clip within its candidate's continuation (0..C-1)."""
+        clips = len(self) // len(self.scores.rewards)
+        return np.arange(len(self)) % clips
+
+    @property
     def rewards(self) -> np.ndarray:
         """(K,) scalar reward per candidate."""
         return self.scores.rewards

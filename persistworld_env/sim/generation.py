@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,32 @@ from persistworld_env.constants import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from persistworld_env.data.episode import EpisodeRecord
 
 _SIM = None  # one simulator per worker process
+
+#: settings that decide an episode's content, stored with the dataset and checked when it is resumed
+SETTINGS_FILE = "meta/persistworld_generation.json"
+
+
+def check_generation_settings(root: Path, settings: dict, has_episodes: bool) -> None:
+    """Store ``settings`` in a new dataset, or make sure a resumed one was started with the same settings.
+
+    Raises ValueError naming every differing setting (a resume must not mix episodes of two recipes).
+    A dataset written before settings were stored is resumed with a warning (nothing to compare).
+    """
+    from persistworld_env.data.io_utils import read_json, write_json_atomic
+
+    path = root / SETTINGS_FILE
+    if path.is_file():
+        stored = read_json(path)
+        diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if diff:
+            listed = ", ".join(f"{k}: {a!r} in the dataset, {b!r} now" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"{root} was generated with other settings ({listed}); resume with the same "
+                             f"settings or write to a new folder")
+        return
+    if has_episodes:
+        warnings.warn(f"{root} has episodes but no {SETTINGS_FILE}: cannot check that the resumed settings "
+                      f"match; storing the current ones", stacklevel=3)
+    write_json_atomic(path, settings)
 
 
 def episode_seed(base_seed: int, index: int) -> int:
@@ -40,6 +67,9 @@ def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, heigh
                      low_poly: bool = True, progress: bool = True, min_seconds: float = 0.0) -> dict:
     """Write ``episodes`` scripted-expert episodes to ``out``; already indexed episodes are kept.
 
+    The settings that decide an episode's content are stored in ``meta/persistworld_generation.json``;
+    resuming with different ones raises ValueError (raising ``episodes`` is fine).
+
     Episode ``i`` always has seed ``episode_seed(seed, i)``, so a dataset is the same whatever the
     number of workers or interruptions. ``min_seconds`` > 0 makes every episode at least that long (the
     expert returns the arm to its start after the task and holds it: long-horizon evaluation sets).
@@ -56,6 +86,9 @@ def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, heigh
     min_ticks = int(np.ceil(min_seconds * DATA_FPS))
     writer = LeRobotWriter(Path(out))
     done = writer.completed_episodes()
+    check_generation_settings(Path(out), {"seed": int(seed), "height": int(height), "width": int(width),
+                                          "task": task, "low_poly": bool(low_poly), "min_ticks": min_ticks},
+                              has_episodes=bool(done))
     jobs = [(i, episode_seed(seed, i), task, min_ticks) for i in range(episodes) if i not in done]
     start, frames, successes = time.perf_counter(), 0, []
     bar = tqdm(total=episodes, initial=episodes - len(jobs), desc="MiniDROID episodes", unit="ep",
