@@ -12,7 +12,8 @@ S3. score each against the ground-truth future (``--truth dataset``: the recordi
     with per-camera PSNR, SSIM and LPIPS aggregated per clip, normalised within the group and combined
     with ``--metric-weights`` / ``--camera-weights`` (:mod:`persistworld_env.rewards`);
 S4. one optimizer step of DiffusionNFT (:mod:`persistworld_env.diffusion.nft`) over all the group's
-    clips (each clip a sample with the history it was generated from and its candidate's r), no
+    clips (each clip a sample with the history it was generated from and its candidate's r; the K
+    candidates' clips at one position share their noise level and noise unless ``--no-shared-noise``), no
     backprop through sampling; then old <- EMA of the trained weights, decay rising by
     ``--old-decay-rate`` per step up to ``--old-decay-max``.
 
@@ -79,8 +80,9 @@ class PosttrainConfig:
     adv_clip: float = 5.0
     ref_weight: float = 1e-4
     #: the K candidates' clips at one position share their noise level and noise in the update
-    #: (common random numbers, see ``shared_training_noise``); off = one draw per sample
-    shared_noise: bool = False
+    #: (common random numbers, see ``shared_training_noise``); off = one draw per sample. On by default:
+    #: at equal groups it moved the model where independent draws barely did (docs/results.md)
+    shared_noise: bool = True
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -390,9 +392,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             help=f"{helps.get(name, name.replace('_', ' '))} (default: %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: the rank)")
     parser.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA adapters")
-    parser.add_argument("--shared-noise", action="store_true",
+    parser.add_argument("--shared-noise", action=argparse.BooleanOptionalAction, default=d.shared_noise,
                         help="noise the K candidates' clips alike in the update (common random numbers: the "
-                             "part of the gradient driven by the noise draw cancels within the group)")
+                             "part of the gradient driven by the noise draw cancels within the group); "
+                             "--no-shared-noise draws per sample (default: %(default)s)")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
