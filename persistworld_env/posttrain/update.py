@@ -1,8 +1,9 @@
 """Step S4 on a minibatch of candidate clips: DiffusionNFT through the world model's EDM denoiser.
 
 Each sample gets a noise level drawn as in pretraining (ln sigma ~ N(P_mean, P_std^2)) and one noise
-draw, either its own or, with :func:`shared_training_noise`, one shared by the group's candidates; the trained, old and (optionally) reference denoisers predict x0 from the same noisy clip and
-the same conditioning (the history, current frame and poses it was generated from, without noise
+draw, either its own or, with :func:`shared_training_noise`, one shared by the group's candidates. The
+trained, old and (optionally) reference denoisers predict x0 from the same noisy clip and the same
+conditioning (the history, current frame and poses it was generated from, without noise
 augmentation or token dropout: exactly what the model sees in a rollout). The loss itself is
 :func:`persistworld_env.diffusion.nft.nft_loss`.
 """
