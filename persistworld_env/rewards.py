@@ -9,6 +9,10 @@ For a group of K candidates, each C clips long (4 frames per clip, V cameras):
    s = +1 where higher is better (PSNR, SSIM) and -1 for LPIPS;
 5. R = sum_{m,v} w_m w_v z_{m,v} / sum_{m,v} w_m w_v, the weights of :class:`RewardWeights`.
 
+Since the weights factor, R is the camera-weighted mean of the per-view rewards
+R_v = sum_m w_m z_{m,v} / sum_m w_m, which post-training can also use on their own (``--per-view-rewards``:
+each camera's part of a clip is credited with that camera's reward).
+
 Defaults weigh the three metrics and the three cameras equally. Without LPIPS (``--lpips off``) the
 LPIPS weight is dropped and the reward is PSNR + SSIM only.
 """
@@ -113,29 +117,43 @@ def normalize_in_group(values: np.ndarray, eps: float = NORMALIZE_EPS) -> np.nda
     return (values - values.mean(axis=0)) / (values.std(axis=0) + eps)
 
 
-def combine_rewards(candidate_metrics: Mapping[str, np.ndarray], weights: RewardWeights,
-                    cameras: tuple[str, ...] = CAMERAS) -> np.ndarray:
-    """Scalar reward (K,) from per-candidate metrics ``{metric: (K, V)}`` (step 4-5 of the module docstring)."""
+def view_rewards(candidate_metrics: Mapping[str, np.ndarray], weights: RewardWeights,
+                 cameras: tuple[str, ...] = CAMERAS) -> np.ndarray:
+    """Per-view rewards (K, V), R_v = sum_m w_m z_{m,v} / sum_m w_m, from per-candidate metrics ``{metric: (K, V)}``."""
     total, norm = 0.0, 0.0
     for m, values in candidate_metrics.items():
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != len(cameras):
             raise ValueError(f"{m}: expected (K, {len(cameras)}) values, got {values.shape}")
-        z = METRIC_SIGN[m] * normalize_in_group(values)
-        w = weights.metrics.get(m, 0.0) * np.array([weights.cameras.get(c, 0.0) for c in cameras])
-        total = total + z @ w
-        norm += w.sum()
+        w = weights.metrics.get(m, 0.0)
+        total = total + w * METRIC_SIGN[m] * normalize_in_group(values)
+        norm += w
     if norm <= 0:
-        raise ValueError("no metric and camera with a positive weight to build rewards from")
+        raise ValueError("no metric with a positive weight to build rewards from")
     return total / norm
+
+
+def combine_rewards(candidate_metrics: Mapping[str, np.ndarray], weights: RewardWeights,
+                    cameras: tuple[str, ...] = CAMERAS) -> np.ndarray:
+    """Scalar reward (K,): the camera-weighted mean of :func:`view_rewards` (steps 4-5 of the module docstring)."""
+    return camera_weighted_mean(view_rewards(candidate_metrics, weights, cameras), weights, cameras)
+
+
+def camera_weighted_mean(per_view: np.ndarray, weights: RewardWeights, cameras: tuple[str, ...] = CAMERAS) -> np.ndarray:
+    """(K, V) -> (K,): sum_v w_v R_v / sum_v w_v, the camera weights of ``weights``."""
+    w = np.array([weights.cameras.get(c, 0.0) for c in cameras])
+    if w.sum() <= 0:
+        raise ValueError(f"no camera of {cameras} has a positive weight")
+    return np.asarray(per_view, dtype=np.float64) @ w / w.sum()
 
 
 @dataclass
 class GroupScores:
-    """Scores of one group: per clip metrics ``{m: (K, C, V)}`` and the scalar reward per candidate (K,)."""
+    """Scores of one group: per clip metrics ``{m: (K, C, V)}``, rewards per candidate (K,) and per view (K, V)."""
 
     clip_metrics: dict[str, np.ndarray]
     rewards: np.ndarray
+    view_rewards: np.ndarray
 
     def camera_means(self, cameras: tuple[str, ...] = CAMERAS) -> dict[str, float]:
         """``"metric/camera"`` -> mean over candidates and clips (for logging)."""
@@ -173,4 +191,5 @@ class RewardScorer:
         truth = np.repeat(truth[None], generated.shape[0], axis=0)
         per_clip = clip_metrics(generated, truth, self.lpips, self.metrics)
         per_candidate = {m: v.mean(axis=1) for m, v in per_clip.items()}
-        return GroupScores(per_clip, combine_rewards(per_candidate, self.weights, self.cameras))
+        per_view = view_rewards(per_candidate, self.weights, self.cameras)
+        return GroupScores(per_clip, camera_weighted_mean(per_view, self.weights, self.cameras), per_view)

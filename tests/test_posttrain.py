@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from data_helpers import INSTRUCTIONS
+from persistworld_env.constants import CAMERAS
 from persistworld_env.data.lerobot_reader import LeRobotEpisodes
 from persistworld_env.models.world_model import WorldModel
 from persistworld_env.posttrain.groups import GroupSpec, collect_group, draw_group
@@ -136,3 +137,28 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
         _config(tiny, tmp_path, candidates=1)
     with pytest.raises(ValueError, match="--truth sim"):
         _config(tiny, tmp_path, action_noise=0.1)
+
+
+def test_per_view_rewards_give_each_camera_its_own_optimality(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from persistworld_env.diffusion.nft import optimality_probability
+    from training.posttrain import optimality_per_sample
+
+    view_rewards = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])  # K=2 candidates, one reward per camera
+    samples = SimpleNamespace(candidate=np.array([0, 0, 1]), rewards=view_rewards.mean(axis=1),
+                              scores=SimpleNamespace(view_rewards=view_rewards))
+    config = _config(tiny, tmp_path, per_view_rewards=True, camera_weights="exterior_1_left=1,exterior_2_left=1,"
+                                                                          "wrist_left=2")
+    r, view_weights = optimality_per_sample(samples, config, CAMERAS)
+    by_view = [optimality_probability(torch.tensor(view_rewards[:, v])[None], config.adv_clip)[0] for v in range(3)]
+    expected = torch.stack(by_view, dim=1)[[0, 0, 1]]
+    torch.testing.assert_close(r, expected.to(r.dtype))
+    assert r[0, 0] > 0.5 > r[0, 1] and r[2, 0] < 0.5 < r[2, 1]  # candidate 0 wins camera 0, loses camera 1
+    assert view_weights.tolist() == [1.0, 1.0, 2.0]
+    r_scalar, none = optimality_per_sample(samples, dataclasses.replace(config, per_view_rewards=False), CAMERAS)
+    assert r_scalar.shape == (3,) and none is None
+    summary = posttrain(_config(tiny, tmp_path / "per_view", groups=1, max_clips=1, eval_every=100,
+                                per_view_rewards=True))
+    assert summary["step"] == 1 and summary["bad_steps"] == 0
+

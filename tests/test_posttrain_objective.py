@@ -79,6 +79,32 @@ def test_loss_matches_a_hand_computation():
     np.testing.assert_allclose(neg.numpy(), 1.5 * t(x_old).numpy() - 0.5 * t(x_theta).numpy())
 
 
+def test_per_view_loss_matches_a_hand_computation():
+    # Two samples, each a (1, 4, 2) clip holding two views of 2 rows stacked along the height.
+    rng = np.random.default_rng(3)
+    x_theta, x_old, x0 = (rng.normal(size=(2, 1, 4, 2)) for _ in range(3))
+    r, weights, beta = [[0.9, 0.1], [0.3, 0.6]], [1.0, 3.0], 0.5
+
+    def rows(x, b, v):  # view v of sample b as a flat list
+        return [float(e) for row in x[b, 0, 2 * v:2 * v + 2] for e in row]
+
+    expected = []
+    for b in range(2):
+        per_view = [_hand_loss([rows(x_theta, b, v)], [rows(x_old, b, v)], [rows(x0, b, v)], [r[b][v]], beta)[0]
+                    for v in range(2)]
+        expected.append(sum(w * loss for w, loss in zip(weights, per_view)) / sum(weights))
+    t = lambda v: torch.tensor(np.asarray(v), dtype=torch.float64)  # noqa: E731
+    got = nft_loss(t(x_theta), t(x_old), t(x0), t(r), beta=beta, view_weights=t(weights))
+    np.testing.assert_allclose(got.total.numpy(), expected, rtol=1e-12)
+    # One view is the per-sample loss; equal per-view r with uniform weights is not (the adaptive weights differ).
+    scalar = nft_loss(t(x_theta), t(x_old), t(x0), t([0.9, 0.3]), beta=beta)
+    torch.testing.assert_close(nft_loss(t(x_theta), t(x_old), t(x0), t([[0.9], [0.3]]), beta=beta).total, scalar.total)
+    with pytest.raises(ValueError, match="second-last axis"):
+        nft_loss(t(x_theta), t(x_old), t(x0), torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="view_weights"):
+        nft_loss(t(x_theta), t(x_old), t(x0), t(r), view_weights=t([1.0, -1.0]))
+
+
 def test_gradient_treats_the_adaptive_weights_as_constants():
     torch.manual_seed(0)
     x_theta = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)

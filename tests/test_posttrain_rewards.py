@@ -7,7 +7,8 @@ import pytest
 from persistworld_env.constants import CAMERAS
 from persistworld_env.metrics import psnr, ssim
 from persistworld_env.perceptual import LPIPSWeightsMissing, build_lpips
-from persistworld_env.rewards import PSNR_CAP_DB, RewardScorer, RewardWeights, clip_metrics, combine_rewards
+from persistworld_env.rewards import (PSNR_CAP_DB, RewardScorer, RewardWeights, clip_metrics, combine_rewards,
+                                      view_rewards)
 
 K, C, F, V, H, W = 4, 2, 4, 3, 32, 40
 
@@ -52,6 +53,13 @@ def test_combined_reward_matches_a_hand_computation():
             expected += w * z
             norm += w
     np.testing.assert_allclose(combine_rewards(metrics, weights), expected / norm, rtol=1e-10)
+    # Per view: the metric-weighted z of that camera alone; their camera-weighted mean is the reward.
+    per_view = view_rewards(metrics, weights)
+    for v in range(V):
+        by_hand = sum(weights.metrics[m] * sign * (metrics[m][:, v] - metrics[m][:, v].mean())
+                      / (metrics[m][:, v].std() + 1e-4) for m, sign in (("psnr", 1), ("ssim", 1), ("lpips", -1)))
+        np.testing.assert_allclose(per_view[:, v], by_hand / 3.5, rtol=1e-10)
+    np.testing.assert_allclose(per_view @ [1.0, 1.0, 3.0] / 5.0, expected / norm, rtol=1e-10)
 
 
 def test_closer_candidates_earn_higher_rewards_with_all_three_metrics():

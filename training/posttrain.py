@@ -10,9 +10,11 @@ S2. branch K = ``--candidates`` continuations from that frozen state, generated 
 S3. score each against the ground-truth future (``--truth dataset``: the recording; ``--truth sim``:
     MiniDROID re-simulating the episode's scene, optionally under ``--action-noise``-perturbed actions)
     with per-camera PSNR, SSIM and LPIPS aggregated per clip, normalised within the group and combined
-    with ``--metric-weights`` / ``--camera-weights`` (:mod:`persistworld_env.rewards`);
+    with ``--metric-weights`` / ``--camera-weights`` (:mod:`persistworld_env.rewards`); with
+    ``--per-view-rewards`` each camera keeps its own reward;
 S4. one optimizer step of DiffusionNFT (:mod:`persistworld_env.diffusion.nft`) over all the group's
-    clips (each clip a sample with the history it was generated from and its candidate's r; the K
+    clips (each clip a sample with the history it was generated from and its candidate's r, or with
+    ``--per-view-rewards`` each camera's rows with that camera's r, the camera weights weighing the views; the K
     candidates' clips at one position share their noise level and noise unless ``--no-shared-noise``), no
     backprop through sampling; then old <- EMA of the trained weights, decay rising by
     ``--old-decay-rate`` per step up to ``--old-decay-max``.
@@ -47,6 +49,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -83,6 +86,10 @@ class PosttrainConfig:
     #: (common random numbers, see ``shared_training_noise``); off = one draw per sample. On by default:
     #: at equal groups it moved the model where independent draws barely did (docs/results.md)
     shared_noise: bool = True
+    #: per-view credit: each camera's rows of a clip get the optimality probability of that camera's own
+    #: reward (``rewards.view_rewards``) and the camera weights weigh the views' losses; off = one
+    #: combined reward per candidate for the whole clip
+    per_view_rewards: bool = False
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -188,8 +195,23 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
     return "\n".join(lines)
 
 
+def optimality_per_sample(samples, config: PosttrainConfig, cameras: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(r, view_weights): r (N,) from the candidates' combined rewards, or with ``per_view_rewards`` (N, V)
+    from their per-view rewards, normalised within the group per view, with the camera weights as view weights."""
+    from persistworld_env.diffusion.nft import optimality_probability
+    from persistworld_env.rewards import RewardWeights
+
+    candidate = torch.as_tensor(samples.candidate)
+    if not config.per_view_rewards:
+        return optimality_probability(torch.as_tensor(samples.rewards)[None], config.adv_clip)[0][candidate], None
+    r = optimality_probability(torch.as_tensor(samples.scores.view_rewards).T, config.adv_clip).T
+    cameras_weights = RewardWeights.parse(config.metric_weights, config.camera_weights).cameras
+    return r[candidate], torch.tensor([cameras_weights[c] for c in cameras], dtype=torch.float32)
+
+
 def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor, config: PosttrainConfig,
-                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                         generator: torch.Generator, view_weights: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """S4's gradient: the mean DiffusionNFT loss over all the group's samples, in micro-batches.
 
     Gradients accumulate locally and are synchronised across processes once, on the last micro-batch
@@ -212,7 +234,7 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
         sync = nullcontext() if i == len(starts) - 1 else accelerator.no_sync(trained)
         with sync, accelerator.autocast():
             terms = nft_batch_loss(trained, policy, r=r[lo:lo + size], beta=config.beta, ref_weight=config.ref_weight,
-                                   generator=generator, **batch)
+                                   generator=generator, view_weights=view_weights, **batch)
             accelerator.backward(terms.total.sum() / n)
         sums += torch.stack([t.detach().double().sum().cpu() for t in
                              (terms.total, terms.positive, terms.negative, terms.reference)])
@@ -224,7 +246,7 @@ def posttrain(config: PosttrainConfig) -> dict:
     from tqdm.auto import tqdm
 
     from persistworld_env.data.lerobot_reader import LeRobotEpisodes
-    from persistworld_env.diffusion.nft import old_decay, optimality_probability
+    from persistworld_env.diffusion.nft import old_decay
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.perceptual import build_lpips
     from persistworld_env.posttrain.groups import collect_group, draw_group
@@ -291,10 +313,11 @@ def posttrain(config: PosttrainConfig) -> dict:
         with policy.old(merged=True), accelerator.autocast():
             samples = collect_group(engine, episode, spec, seeds, scorer)
         t_update = time.perf_counter()
-        r_candidates = optimality_probability(torch.as_tensor(samples.rewards)[None], config.adv_clip)[0]
-        r = r_candidates[torch.as_tensor(samples.candidate)].to(dev)
+        r, view_weights = optimality_per_sample(samples, config, model.config.cameras)
+        r = r.to(dev)
+        view_weights = view_weights.to(dev) if view_weights is not None else None
         gen = torch.Generator(device=dev).manual_seed(int(_seed(config, step, rank, 2).generate_state(1)[0]))
-        means, grad_norm = accumulate_gradients(accelerator, trained, policy, samples, r, config, gen)
+        means, grad_norm = accumulate_gradients(accelerator, trained, policy, samples, r, config, gen, view_weights)
         if all_finite(accelerator, means, grad_norm):
             optimizer.step()
             policy.update_old(old_decay(step + 1, config.old_decay_rate, config.old_decay_max))
@@ -311,7 +334,7 @@ def posttrain(config: PosttrainConfig) -> dict:
             for k, v in figures.items():
                 writer.add_scalar(f"reward/{k}", v, step)
             writer.add_scalar("reward/combined_std", float(samples.rewards.std()), step)
-            writer.add_histogram("train/r", r_candidates, step)
+            writer.add_histogram("train/r", r, step)
             for k, v in zip(("loss", "positive", "negative", "reference_l2"), means.tolist()):
                 writer.add_scalar(f"train/{k}", v, step)
             writer.add_scalar("train/grad_norm", float(grad_norm), step)
@@ -396,6 +419,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="noise the K candidates' clips alike in the update (common random numbers: the "
                              "part of the gradient driven by the noise draw cancels within the group); "
                              "--no-shared-noise draws per sample (default: %(default)s)")
+    parser.add_argument("--per-view-rewards", action=argparse.BooleanOptionalAction, default=d.per_view_rewards,
+                        help="per-view credit: each camera's part of a clip is scored with that camera's own "
+                             "reward, and --camera-weights weigh the views' losses instead of the reward "
+                             "(default: %(default)s)")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

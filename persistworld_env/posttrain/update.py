@@ -44,14 +44,16 @@ def nft_batch_loss(denoiser: Callable[..., torch.Tensor], policy: PolicyWeights,
                    current: torch.Tensor, poses: torch.Tensor, x0: torch.Tensor, r: torch.Tensor,
                    instructions: Sequence[str] | None = None, beta: float = 1.0, ref_weight: float = 0.0,
                    edm: EDMConfig = EDMConfig(), generator: torch.Generator | None = None,
-                   sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> NFTLoss:
+                   sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                   view_weights: torch.Tensor | None = None) -> NFTLoss:
     """Per-sample NFT loss terms of a minibatch.
 
     Args:
         denoiser: the trained denoiser's forward (the distributed wrapper under accelerate).
         policy: its :class:`PolicyWeights` (gives the old and reference predictions).
         history, current, poses, x0: the samples' conditioning and clean clips (see ``GroupSamples.batch``).
-        r: (B,) optimality probabilities.
+        r: (B,) optimality probabilities, or (B, V) one per camera view (per-view credit; see
+            :func:`~persistworld_env.diffusion.nft.nft_loss`, weighted by ``view_weights``).
         generator: noise-level and noise draws (seeded per step for exact resume).
         sigma, noise: given draws ((B,) and x0's shape, e.g. from :func:`shared_training_noise`) instead.
     """
@@ -74,4 +76,4 @@ def nft_batch_loss(denoiser: Callable[..., torch.Tensor], policy: PolicyWeights,
             with policy.reference() as reference:
                 x_ref = reference(noisy, sigma, history, current, **conditioning)
     x_theta = denoiser(noisy, sigma, history, current, **conditioning)
-    return nft_loss(x_theta, x_old, x0, r, beta=beta, x_ref=x_ref, ref_weight=ref_weight)
+    return nft_loss(x_theta, x_old, x0, r, beta=beta, x_ref=x_ref, ref_weight=ref_weight, view_weights=view_weights)
