@@ -58,16 +58,27 @@ def evaluate_in_simulator(policy, episodes: int, steps: int, seed: int) -> dict:
     return {"mean_step_reward": float(np.mean(rewards)), "final_reward": float(np.mean(finals))}
 
 
-def plot_curve(progress_csv: Path, out_png: Path) -> None:
-    """Mean episode reward over environment steps, from SB3's progress.csv."""
+def _progress_rows(progress_csv: Path) -> list[dict]:
     import csv
 
+    if not progress_csv.is_file():
+        return []
+    return [r for r in csv.DictReader(progress_csv.open()) if r.get("rollout/ep_rew_mean")]
+
+
+def episode_returns(progress_csv: Path) -> list[float]:
+    """Mean episode return after every PPO update (SB3's ``rollout/ep_rew_mean``, last 100 episodes)."""
+    return [round(float(r["rollout/ep_rew_mean"]), 4) for r in _progress_rows(progress_csv)]
+
+
+def plot_curve(progress_csv: Path, out_png: Path) -> None:
+    """Mean episode reward over environment steps, from SB3's progress.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in csv.DictReader(progress_csv.open()) if r.get("rollout/ep_rew_mean")]
+    rows = _progress_rows(progress_csv)
     if not rows:
         return
     x = [float(r["time/total_timesteps"]) for r in rows]
@@ -89,6 +100,9 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=1024, help="PPO environment steps (0.8 s each)")
     parser.add_argument("--episode-steps", type=int, default=8, help="steps per episode")
     parser.add_argument("--n-steps", type=int, default=32, help="PPO rollout length per sub-env")
+    parser.add_argument("--log-std-init", type=float, default=-1.0,
+                        help="initial log std of the Gaussian policy: -1 explores +-0.37 around its mean in the "
+                             "normalised pose box (SB3's default 0 mostly commands the box's walls)")
     parser.add_argument("--eval-episodes", type=int, default=8, help="simulator episodes per policy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="ppo_run")
@@ -108,7 +122,8 @@ def main() -> None:
                                 max_episode_steps=args.episode_steps))  # episode returns for the learning curve
     venv.seed(args.seed)
     policy = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=min(64, args.n_steps * args.num_envs),
-                 n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0)
+                 n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0,
+                 policy_kwargs={"log_std_init": args.log_std_init})
     policy.set_logger(configure(str(out), ["csv", "tensorboard"]))
     untrained = evaluate_in_simulator(policy, args.eval_episodes, args.episode_steps, seed=10_000 + args.seed)
     start = time.perf_counter()
@@ -117,9 +132,12 @@ def main() -> None:
     venv.close()
     policy.save(out / "ppo_reach.zip")
     plot_curve(out / "progress.csv", out / "reward_curve.png")
+    curve = episode_returns(out / "progress.csv")
     summary = {
         "model": args.model, "timesteps": args.timesteps, "num_envs": args.num_envs,
         "train_seconds": round(train_seconds, 1),
+        "episode_return": {"first": curve[0] if curve else None, "last": curve[-1] if curve else None,
+                           "best": max(curve) if curve else None, "updates": len(curve)},
         "simulator": {"untrained": untrained,
                       "trained": evaluate_in_simulator(policy, args.eval_episodes, args.episode_steps,
                                                        seed=10_000 + args.seed),

@@ -75,3 +75,20 @@ def test_euler_sampler_recovers_gaussian_data():
     x = sample_euler(exact_x0, noise, sigmas)
     assert abs(x.mean().item() - mu) < 0.02
     assert abs(x.std().item() - s) < 0.02
+
+
+def test_one_euler_step_is_the_denoisers_estimate_and_a_second_step_at_sigma_min_barely_moves_it():
+    """Why the embedded default samples with 1 step: Karras with 2 steps is [sigma_max, sigma_min, 0], and
+    2 steps end sigma_min * noise away from 1 step's estimate (a 1/500 of the unit noise, far below a pixel)."""
+    mu, s = 0.3, 0.5
+
+    def exact_x0(x, sigma):
+        sig2 = sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return mu + s**2 / (s**2 + sig2) * (x - mu)
+
+    noise = torch.randn(1000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    one = sample_euler(exact_x0, noise, karras_sigmas(1, 0.002, 80.0).double())
+    torch.testing.assert_close(one, exact_x0(80.0 * noise, torch.tensor([80.0], dtype=torch.float64)))
+    two = sample_euler(exact_x0, noise, karras_sigmas(2, 0.002, 80.0).double())
+    assert karras_sigmas(2, 0.002, 80.0).tolist() == pytest.approx([80.0, 0.002, 0.0])
+    torch.testing.assert_close(two, one + 0.002 * noise, rtol=0, atol=1e-4)

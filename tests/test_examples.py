@@ -41,4 +41,5 @@ def test_train_ppo_example(tmp_path):
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert summary["timesteps"] == 16 and set(summary["simulator"]) == {"untrained", "trained", "keep_still"}
     assert summary["simulator"]["trained"]["mean_step_reward"] < 0  # minus a distance
+    assert set(summary["episode_return"]) == {"first", "last", "best", "updates"}
     assert (tmp_path / "ppo" / "ppo_reach.zip").is_file() and (tmp_path / "ppo" / "reward_curve.png").is_file()

@@ -69,6 +69,15 @@ def test_collect_group_branches_k_candidates_from_one_prefix(tiny):
     assert set(samples.timings) == {"prefix", "candidates", "rewards"}
     batch = samples.batch(slice(1, 3))
     assert torch.equal(batch["x0"], samples.x0[1:3]) and len(batch["instructions"]) == 2
+    # The candidates' sampler can differ from the prefix's (the engine's): with no prefix, the samples are
+    # those of an engine sampling the candidates' way.
+    no_prefix = GroupSpec(episode=1, start=1, prefix_steps=0, clips=1)
+    window = truth.episode(1, 2).window(1, 1)
+    mixed = collect_group(RolloutEngine(model).with_sampler(steps=1), window, no_prefix, [0, 1, 2], RewardScorer(),
+                          candidate_sampler=engine.sampler)
+    plain = collect_group(RolloutEngine(model).with_sampler(steps=2), window, no_prefix, [0, 1, 2], RewardScorer())
+    one_step = collect_group(RolloutEngine(model).with_sampler(steps=1), window, no_prefix, [0, 1, 2], RewardScorer())
+    assert torch.equal(mixed.x0, plain.x0) and not torch.equal(mixed.x0, one_step.x0)
 
 
 def test_run_writes_a_loadable_model_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
@@ -137,6 +146,8 @@ def test_bad_settings_are_clear_errors(tiny, tmp_path):
         _config(tiny, tmp_path, candidates=1)
     with pytest.raises(ValueError, match="--truth sim"):
         _config(tiny, tmp_path, action_noise=0.1)
+    with pytest.raises(ValueError, match="top_sigma_fraction"):
+        _config(tiny, tmp_path, top_sigma_fraction=-0.1)
 
 
 def test_per_view_rewards_give_each_camera_its_own_optimality(tiny, tmp_path):
@@ -159,6 +170,6 @@ def test_per_view_rewards_give_each_camera_its_own_optimality(tiny, tmp_path):
     r_scalar, none = optimality_per_sample(samples, dataclasses.replace(config, per_view_rewards=False), CAMERAS)
     assert r_scalar.shape == (3,) and none is None
     summary = posttrain(_config(tiny, tmp_path / "per_view", groups=1, max_clips=1, eval_every=100,
-                                per_view_rewards=True))
+                                per_view_rewards=True, top_sigma_fraction=0.5))
     assert summary["step"] == 1 and summary["bad_steps"] == 0
 

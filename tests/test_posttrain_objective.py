@@ -181,6 +181,11 @@ def test_shared_training_noise_gives_one_draw_per_key():
     assert torch.equal(again[0], sigma) and torch.equal(again[1], noise)
     with pytest.raises(ValueError, match="non-empty"):
         shared_training_noise([], (2,))
+    keys = np.repeat(np.arange(400), 2)  # 400 clip positions, 2 candidates each
+    sigma, _ = shared_training_noise(keys, (1,), EDMConfig(top_fraction=0.5, top_sigma=80.0),
+                                     generator=torch.Generator().manual_seed(0))
+    top = sigma == 80.0
+    assert torch.equal(top[0::2], top[1::2]) and 0.4 < float(top.float().mean()) < 0.6  # shared, about half
 
 
 def test_shared_noise_cancels_the_noise_driven_gradient_within_a_group():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from persistworld_env.diffusion.edm import EDMConfig
 from persistworld_env.models.objective import TrainingNoise, edm_loss
 from persistworld_env.models.world_model import WorldModel
 from training.pretrain import PretrainConfig, export_checkpoint, pretrain
@@ -24,7 +25,7 @@ class _Recorder(torch.nn.Module):
         self.seen = None
 
     def forward(self, noisy_clip, sigma, history, current, poses=None, instructions=None, drop=None):
-        self.seen = history
+        self.seen, self.sigma = history, sigma
         return torch.zeros_like(noisy_clip)
 
 
@@ -37,6 +38,25 @@ def test_history_noise_strength_reaches_the_history_frames():
                  generator=torch.Generator().manual_seed(0))
         spread.append(float((recorder.seen - latents[:, :6]).abs().mean()))
     assert spread[0] == 0.0 < spread[1] < spread[2]  # std 0: the history frames untouched
+
+
+def test_top_sigma_fraction_trains_that_share_of_clips_at_the_sampling_level():
+    recorder = _Recorder()
+    latents, poses = torch.randn(4000, 11, 1, 1, 1), torch.zeros(4000, 11, 7)
+    plain = TrainingNoise()
+    edm_loss(recorder, latents, poses, noise=plain, generator=torch.Generator().manual_seed(0))
+    lognormal = recorder.sigma
+    assert float((lognormal > 79).float().mean()) < 0.02  # the log-normal rarely reaches a sampler's top level
+    edm_loss(recorder, latents, poses, noise=TrainingNoise(edm=EDMConfig(top_fraction=0.25, top_sigma=80.0)),
+             generator=torch.Generator().manual_seed(0))
+    top = recorder.sigma == 80.0
+    assert abs(float(top.float().mean()) - 0.25) < 0.03
+    torch.testing.assert_close(recorder.sigma[~top], lognormal[~top])  # the other clips keep their draw
+    # A recorder predicting 0 has per-sample loss weight * clip^2: at sigma 80 that weight is 1 + 1/6400.
+    loss = edm_loss(recorder, latents, poses, noise=TrainingNoise(edm=EDMConfig(top_fraction=1.0, top_sigma=80.0)))
+    torch.testing.assert_close(loss, (1 + 1 / 80.0**2) * (latents[:, 6:] ** 2).mean())
+    with pytest.raises(ValueError, match="top_fraction"):
+        EDMConfig(top_fraction=1.5)
 
 
 @pytest.fixture(scope="module")

@@ -74,11 +74,11 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         eng.reset(frames, np.tile(pose, (b, 1)), seeds=list(range(b)))
         return eng, np.tile(pose, (b, 4, 1))
 
-    def timed(eng, actions, n) -> float:
+    def timed(eng, actions, n, decode: bool = True) -> float:
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
-            eng.step(actions)
+            eng.step(actions, decode=decode)
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
@@ -89,8 +89,11 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         eng, actions = engine(b)
         eng.step(actions)  # warm-up
         t = timed(eng, actions, repeats)
+        sampling = timed(eng, actions, repeats, decode=False)  # the step without decoding its frames
         figures[f"batch{b}_step_seconds"] = round(t, 4)
         figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
+        figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
+        figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
     eng, actions = engine(1)
     figures["step5_seconds"] = round(timed(eng, actions, 5), 4)  # median of steps 1..5
     figures["step5_rss_mb"] = round(_rss_mb(), 1)
@@ -174,7 +177,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     model.requires_grad_(False)
     cfg = model.config
     settings = PosttrainConfig(data_dir="", out_dir="", candidates=candidates)  # the command's defaults
-    sampler = sampler_settings(model, settings)
+    sampler = sampler_settings(model, settings.sampling_steps)
     rng = np.random.default_rng(0)
     steps = prefix_steps + clips
     pose = model.normalizer.denormalize(np.zeros(7, np.float32))
@@ -187,12 +190,12 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     policy = build_policy(denoiser, settings)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=settings.lr)
     scorer = RewardScorer(lpips=build_lpips("random", device=accelerator.device))
-    engine = RolloutEngine(model, sampler)
+    engine = RolloutEngine(model, sampler_settings(model, settings.prefix_sampling_steps))
     seeds = list(range(candidates + 1))
 
     def group() -> dict[str, float]:
         with policy.old(merged=True):
-            samples = collect_group(engine, episode, spec, seeds, scorer)
+            samples = collect_group(engine, episode, spec, seeds, scorer, candidate_sampler=sampler)
         t0 = time.perf_counter()
         r = optimality_probability(torch.as_tensor(samples.rewards)[None], settings.adv_clip)[0]
         r = r[torch.as_tensor(samples.candidate)]
@@ -222,7 +225,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
         for _ in range(repeats):
             for batch_size in times:
                 t0 = time.perf_counter()
-                generate_candidates(engine, episode.poses[prefix_steps:], seeds[1:], batch_size)
+                generate_candidates(engine, episode.poses[prefix_steps:], seeds[1:], batch_size, sampler)
                 times[batch_size].append(time.perf_counter() - t0)
     batched, serial = min(times[None]), min(times[1])
     figures["candidates_batched_seconds"] = round(batched, 3)

