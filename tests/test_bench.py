@@ -1,0 +1,35 @@
+"""``persistworld bench sampler`` and ``bench env`` on a tiny model: every figure is there and consistent."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.sim.env import default_pose_normalizer
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    return str(WorldModel.build("tiny", default_pose_normalizer()).save_pretrained(tmp_path_factory.mktemp("m")))
+
+
+def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
+    from training.bench import bench_sampler
+
+    figures = bench_sampler(tiny_model, batch_sizes=(1, 2), long_steps=12, repeats=1)
+    for b in (1, 2):
+        step, sampling = figures[f"batch{b}_step_seconds"], figures[f"batch{b}_sampling_seconds"]
+        assert step > 0 and sampling > 0 and figures[f"batch{b}_decoding_seconds"] >= 0
+        assert figures[f"batch{b}_env_steps_per_s"] == pytest.approx(b / step, rel=0.01)
+    assert figures["step12_rss_mb"] > 0 and figures["long_vs_short_time_ratio"] > 0
+    assert figures["sampling_steps"] == 3  # the tiny model's own default
+
+
+def test_bench_env_compares_batched_with_sync_vector_envs(tiny_model):
+    from training.bench import bench_env
+
+    figures = bench_env(tiny_model, sizes=(2,), steps=1)
+    assert figures["single_env_steps_per_s"] > 0
+    assert figures["batched2_vs_sync"] == pytest.approx(figures["batched2_env_steps_per_s"]
+                                                        / figures["sync2_env_steps_per_s"], rel=0.02)
