@@ -176,12 +176,13 @@ class RewardScorer:
 
     @property
     def description(self) -> str:
-        """E.g. ``"psnr=1 ssim=1 lpips(alexnet)=1"``: what the reward is made of."""
+        """E.g. ``"psnr=1 ssim=1 lpips(alexnet)=1; cameras exterior_1_left=1 ...``: what the reward is made of."""
         parts = []
         for m in self.metrics:
             name = f"lpips({self.lpips.backbone})" if m == "lpips" else m
             parts.append(f"{name}={self.weights.metrics[m]:g}")
-        return " ".join(parts)
+        cameras = " ".join(f"{c}={self.weights.cameras[c]:g}" for c in self.cameras)
+        return " ".join(parts) + "; cameras " + cameras
 
     def __call__(self, generated: np.ndarray, truth: np.ndarray) -> GroupScores:
         generated, truth = np.asarray(generated), np.asarray(truth)

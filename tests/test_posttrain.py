@@ -117,7 +117,8 @@ def test_run_writes_a_loadable_model_and_resume_equals_an_uninterrupted_run(tiny
             "time/candidates_seconds", "time/rewards_seconds", "time/update_seconds", "val/psnr/wrist_left"} <= scalars
     assert "train/r" in events.Tags()["histograms"]
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
-    assert summary["reward"] == "psnr=1 ssim=1 lpips(alexnet-random)=1"
+    assert summary["reward"] == ("psnr=1 ssim=1 lpips(alexnet-random)=1; "
+                                 "cameras exterior_1_left=1 exterior_2_left=1 wrist_left=1")
 
 
 def test_non_finite_loss_is_skipped_and_counted(tiny, tmp_path, monkeypatch):

@@ -107,6 +107,7 @@ def test_lpips_policy_real_missing_random_labelled_off_drops_it(monkeypatch, tmp
         build_lpips("real")
     off = RewardScorer(RewardWeights(), build_lpips("off"))
     assert off.metrics == ("psnr", "ssim") and "lpips" not in off.description
+    assert "cameras exterior_1_left=1 exterior_2_left=1 wrist_left=1" in off.description
     assert "lpips" not in off(_candidates(_truth(), [1, 2, 3, 4]), _truth()).clip_metrics
     with pytest.raises(ValueError, match="at least 31x31"):
         build_lpips("random")(np.zeros((2, 24, 40, 3), np.uint8), np.zeros((2, 24, 40, 3), np.uint8))

@@ -43,6 +43,7 @@ def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
                                                             tmp_path / "exported"))
     for (k, v1), v2 in zip(a.denoiser.state_dict().items(), exported.denoiser.state_dict().values()):
         assert torch.equal(v1, v2), k
+    assert exported.model_card == a.model_card  # data, steps and validation table come with the checkpoint
     with pytest.raises(FileNotFoundError, match="not a complete pretraining checkpoint"):
         export_checkpoint(tmp_path / "full", tmp_path / "nothing")
 

@@ -119,7 +119,7 @@ def _model_card(config: PretrainConfig, summary: dict) -> str:
              "teacher-forced with the EDM objective.", "",
              f"- data: `{config.data_dir}` ({summary.get('train_episodes', '?')} training episodes, "
              f"{summary.get('val_episodes', '?')} validation episodes)",
-             f"- autoencoder: `{config.autoencoder}`",
+             f"- autoencoder: `{config.autoencoder or config.init_from}`",
              *([f"- initialised from: `{config.init_from}` (fine-tune)"] if config.init_from else []),
              f"- history noise augmentation: sigma_h ~ |N(0, {config.history_sigma_std}^2)|",
              *([f"- {config.top_sigma_fraction:.0%} of clips trained at the sampler's sigma_max"]
@@ -184,17 +184,17 @@ def pretrain(config: PretrainConfig) -> dict:
     model.autoencoder.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     ema.to(accelerator.device)
-    step, bad_steps = 0, 0
+    step, bad_steps, validation = 0, 0, {}
     if resume_from is not None:
         state = resume_checkpoint(accelerator, resume_from)
         ema.to(accelerator.device)  # accelerate restores custom state on the CPU
         step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+        validation = state.get("validation", {})
         accelerator.print(f"resumed from {resume_from} at step {step}")
     writer = main_process_writer(accelerator, out_dir)
     raw = accelerator.unwrap_model(denoiser)
     eval_idx = (np.linspace(0, len(val_set) - 1, min(config.eval_samples, len(val_set))).astype(int).tolist()
                 if len(val_set) else [])
-    validation: dict = {}
 
     def evaluate(at_step: int) -> dict:
         if not eval_idx or not accelerator.is_main_process:
@@ -250,7 +250,10 @@ def pretrain(config: PretrainConfig) -> dict:
         if step % config.eval_every == 0 or step == config.steps:
             validation = evaluate(step) or validation
         if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(accelerator, out_dir, step, {"bad_steps": bad_steps, "config": dataclasses.asdict(config)},
+            save_checkpoint(accelerator, out_dir, step,
+                            {"bad_steps": bad_steps, "config": dataclasses.asdict(config), "validation": validation,
+                             "train_episodes": int(len(train_set.episodes)),
+                             "val_episodes": int(len(val_set.episodes))},
                             keep=config.keep_checkpoints)
     bar.close()
     summary = {"step": step, "bad_steps": bad_steps, "processes": accelerator.num_processes,
@@ -302,7 +305,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_card: str |
     with torch.no_grad():
         for p, shadow in zip(params, ema["shadow_params"]):
             p.copy_(shadow)
-    card = model_card or _model_card(config, {"step": state["step"], "validation": {}})
+    card = model_card or _model_card(config, {"validation": {}, **{k: state[k] for k in (
+        "step", "validation", "train_episodes", "val_episodes") if k in state}})
     folder = model.save_pretrained(out, model_card=card)
     if config.init_from:
         carry_success_detector(config.init_from, folder)
