@@ -159,6 +159,7 @@ def pretrain(config: PretrainConfig) -> dict:
                  normalizer=normalizer, seed=config.seed, cache_dir=config.cache_dir)
     train_set = WorldModelDataset(config.data_dir, "train", **split)
     val_set = WorldModelDataset(config.data_dir, "val", **split)
+    split_sizes = {"train_episodes": int(len(train_set.episodes)), "val_episodes": int(len(val_set.episodes))}
     if len(train_set) == 0:
         raise ValueError(f"no training samples in {config.data_dir} (check the validation split settings)")
     height, width = train_set.reader.image_shape(train_set.cameras[0])
@@ -252,12 +253,10 @@ def pretrain(config: PretrainConfig) -> dict:
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(accelerator, out_dir, step,
                             {"bad_steps": bad_steps, "config": dataclasses.asdict(config), "validation": validation,
-                             "train_episodes": int(len(train_set.episodes)),
-                             "val_episodes": int(len(val_set.episodes))},
+                             **split_sizes},
                             keep=config.keep_checkpoints)
     bar.close()
-    summary = {"step": step, "bad_steps": bad_steps, "processes": accelerator.num_processes,
-               "train_episodes": int(len(train_set.episodes)), "val_episodes": int(len(val_set.episodes)),
+    summary = {"step": step, "bad_steps": bad_steps, "processes": accelerator.num_processes, **split_sizes,
                "validation": validation}
     if accelerator.is_main_process:
         ema.store(raw.parameters())
@@ -305,8 +304,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_card: str |
     with torch.no_grad():
         for p, shadow in zip(params, ema["shadow_params"]):
             p.copy_(shadow)
-    card = model_card or _model_card(config, {"validation": {}, **{k: state[k] for k in (
-        "step", "validation", "train_episodes", "val_episodes") if k in state}})
+    card = model_card or _model_card(config, {"validation": {}, **state})  # older checkpoints lack the split
     folder = model.save_pretrained(out, model_card=card)
     if config.init_from:
         carry_success_detector(config.init_from, folder)
