@@ -1,4 +1,5 @@
-"""Image fidelity metrics on uint8 frames (DESIGN.md section 6): PSNR (data range 1) and SSIM.
+"""Image fidelity metrics on uint8 frames (DESIGN.md section 6): PSNR (data range 1) and SSIM, and the
+PSNR of a region (the pixels of a mask, e.g. where the scene moves: :func:`moving_region`).
 
 SSIM follows Wang et al. (2004): Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, computed per
 colour channel over the valid region and averaged; it equals scikit-image's ``structural_similarity``
@@ -56,3 +57,39 @@ def ssim(pred, target) -> np.ndarray:
     s = ((2 * mx * my + _C1) * (2 * cxy + _C2)) / ((mx**2 + my**2 + _C1) * (vx + vy + _C2))
     per_channel = s.flatten(1).mean(1).reshape(-1, 3)
     return per_channel.mean(1).reshape(lead).numpy()
+
+
+def moving_region(frames, previous, threshold: float = 12.0, dilation: int = 2) -> np.ndarray:
+    """Where a clip changes: pixels whose colour moves by more than ``threshold`` (of 255, in any channel)
+    from ``previous`` in any of the clip's frames, grown by ``dilation`` pixels (a square neighbourhood).
+
+    Args:
+        frames: uint8 (..., F, H, W, 3), a clip.
+        previous: uint8 (..., H, W, 3), the frame before it.
+    Returns bool (..., H, W).
+    """
+    x, p = _to_unit_float(frames), _to_unit_float(previous)
+    if x.shape[:-4] + x.shape[-3:] != p.shape:
+        raise ValueError(f"frames (..., F, H, W, 3) {tuple(x.shape)} and previous (..., H, W, 3) {tuple(p.shape)} "
+                         "do not match")
+    changed = ((x - p.unsqueeze(-4)).abs().amax(dim=(-4, -1)) * 255.0 > threshold).double()
+    if dilation > 0:
+        lead, (h, w) = changed.shape[:-2], changed.shape[-2:]
+        flat = changed.reshape(-1, 1, h, w)
+        changed = F.max_pool2d(flat, 2 * dilation + 1, stride=1, padding=dilation).reshape(*lead, h, w)
+    return changed.bool().numpy()
+
+
+def region_psnr(pred, target, mask) -> np.ndarray:
+    """PSNR in dB over the pixels of ``mask`` of uint8 clips (..., F, H, W, 3): one MSE over the clip's frames,
+    channels and masked pixels; ``mask`` bool (..., H, W). NaN where the mask is empty, inf where exact."""
+    p, t = _to_unit_float(pred), _to_unit_float(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch {tuple(p.shape)} vs {tuple(t.shape)}")
+    m = torch.as_tensor(np.asarray(mask, dtype=bool)).double()
+    if p.shape[:-4] + p.shape[-3:-1] != m.shape:
+        raise ValueError(f"mask {tuple(m.shape)} does not match clips {tuple(p.shape)}")
+    squared = ((p - t) ** 2).sum(dim=(-4, -1))  # (..., H, W), summed over frames and channels
+    count = m.sum(dim=(-2, -1)) * p.shape[-4] * p.shape[-1]
+    mse = (squared * m).sum(dim=(-2, -1)) / count
+    return (10 * torch.log10(1.0 / mse)).numpy()

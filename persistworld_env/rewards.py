@@ -4,16 +4,25 @@ For a group of K candidates, each C clips long (4 frames per clip, V cameras):
 
 1. per camera and frame: PSNR (data range 1, capped at ``PSNR_CAP_DB``), SSIM, LPIPS against the truth;
 2. per clip: the mean over its 4 frames -> arrays (K, C, V) per metric;
-3. per candidate: the mean over its clips -> (K, V);
+   ``psnr_moving`` (off by default) is instead the PSNR of the clip's *moving region*: the pixels that
+   change in the true clip from the true frame before it (:func:`~persistworld_env.metrics.moving_region`:
+   more than ``MOTION_THRESHOLD`` of 255, grown by ``MOTION_DILATION`` px), where the arm and what it moves
+   are; one MSE over the clip's frames there (capped like PSNR), undefined for a still clip;
+3. per candidate: the mean over its clips -> (K, V) (clips with an undefined value skipped);
 4. each (metric, camera) column normalised within the group: z = s (m - mean_K) / (std_K + 1e-4), with
-   s = +1 where higher is better (PSNR, SSIM) and -1 for LPIPS;
+   s = +1 where higher is better (PSNR, SSIM) and -1 for LPIPS; z = 0 where the value is undefined (no clip
+   of the continuation moves in that camera);
 5. R = sum_{m,v} w_m w_v z_{m,v} / sum_{m,v} w_m w_v, the weights of :class:`RewardWeights`.
 
 Since the weights factor, R is the camera-weighted mean of the per-view rewards
 R_v = sum_m w_m z_{m,v} / sum_m w_m, which post-training can also use on their own (``--per-view-rewards``:
 each camera's part of a clip is credited with that camera's reward).
 
-Defaults weigh the three metrics and the three cameras equally. Without LPIPS (``--lpips off``) the
+Why a moving region: on the exterior cameras the arm covers a few percent of the frame, and the
+candidates' full-frame PSNR ranks them by differences in the still background (measured in
+docs/results_notes.md), which say nothing of where the arm went.
+
+Defaults weigh PSNR, SSIM and LPIPS and the three cameras equally. Without LPIPS (``--lpips off``) the
 LPIPS weight is dropped and the reward is PSNR + SSIM only.
 """
 from __future__ import annotations
@@ -24,12 +33,18 @@ from typing import Mapping
 import numpy as np
 
 from persistworld_env.constants import CAMERAS
-from persistworld_env.metrics import psnr, ssim
+from persistworld_env.metrics import moving_region, psnr, region_psnr, ssim
 from persistworld_env.perceptual import LPIPSMetric
 
-METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
+METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips", "psnr_moving")
+#: Weights when none are given: the full-frame metrics alike, the moving-region PSNR off.
+DEFAULT_METRIC_WEIGHTS: dict[str, float] = {"psnr": 1.0, "ssim": 1.0, "lpips": 1.0, "psnr_moving": 0.0}
 #: +1 where a higher value is better, -1 where lower is better.
-METRIC_SIGN: dict[str, float] = {"psnr": 1.0, "ssim": 1.0, "lpips": -1.0}
+METRIC_SIGN: dict[str, float] = {"psnr": 1.0, "ssim": 1.0, "lpips": -1.0, "psnr_moving": 1.0}
+#: The moving region of a clip (``psnr_moving``): colour change above this (of 255) ...
+MOTION_THRESHOLD = 12.0
+#: ... grown by this many pixels.
+MOTION_DILATION = 2
 #: Identical frames have infinite PSNR; a frame's PSNR is capped here so group statistics stay finite.
 PSNR_CAP_DB = 60.0
 NORMALIZE_EPS = 1e-4
@@ -49,7 +64,7 @@ def _check_weights(weights: Mapping[str, float], allowed: tuple[str, ...], what:
 class RewardWeights:
     """Weights over metrics and cameras (non-negative; normalised by their sum of products)."""
 
-    metrics: Mapping[str, float] = field(default_factory=lambda: {m: 1.0 for m in METRICS})
+    metrics: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_METRIC_WEIGHTS))
     cameras: Mapping[str, float] = field(default_factory=lambda: {c: 1.0 for c in CAMERAS})
 
     def __post_init__(self) -> None:
@@ -83,13 +98,14 @@ def _parse_pairs(text: str | None) -> dict[str, float]:
 
 
 def clip_metrics(generated: np.ndarray, truth: np.ndarray, lpips: LPIPSMetric | None = None,
-                 metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
-    """Per clip and camera means over the clip's frames.
+                 metrics: tuple[str, ...] = METRICS[:3], previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per clip and camera means over the clip's frames (``psnr_moving``: see the module docstring).
 
     Args:
         generated, truth: uint8 (..., F, V, H, W, 3) of one shape (F frames of a clip, V cameras).
         lpips: the LPIPS metric (required if "lpips" is in ``metrics``).
-    Returns ``{metric: float64 (..., V)}``.
+        previous: uint8 (..., V, H, W, 3), the true frame before each clip (required for "psnr_moving").
+    Returns ``{metric: float64 (..., V)}`` (``psnr_moving`` NaN where the true clip does not move).
     """
     generated, truth = np.asarray(generated), np.asarray(truth)
     if generated.shape != truth.shape or generated.ndim < 5:
@@ -97,6 +113,13 @@ def clip_metrics(generated: np.ndarray, truth: np.ndarray, lpips: LPIPSMetric | 
                          f"and {truth.shape}")
     out: dict[str, np.ndarray] = {}
     for m in metrics:
+        if m == "psnr_moving":
+            if previous is None:
+                raise ValueError("the psnr_moving metric needs the true frame before each clip (previous)")
+            mask = moving_region(np.moveaxis(truth, -4, -5), np.asarray(previous), MOTION_THRESHOLD, MOTION_DILATION)
+            values = region_psnr(np.moveaxis(generated, -4, -5), np.moveaxis(truth, -4, -5), mask)
+            out[m] = np.minimum(values, PSNR_CAP_DB)  # NaN (still clip) stays NaN
+            continue
         if m == "psnr":
             values = np.minimum(psnr(generated, truth), PSNR_CAP_DB)
         elif m == "ssim":
@@ -112,8 +135,12 @@ def clip_metrics(generated: np.ndarray, truth: np.ndarray, lpips: LPIPSMetric | 
 
 
 def normalize_in_group(values: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
-    """(x - mean) / (std + eps) over the first axis (the K candidates of a group; population std)."""
+    """(x - mean) / (std + eps) over the first axis (the K candidates of a group; population std).
+
+    A column without any defined (non-NaN) value normalises to 0: no signal."""
     values = np.asarray(values, dtype=np.float64)
+    undefined = np.isnan(values).all(axis=0)
+    values = np.where(undefined, 0.0, values)
     return (values - values.mean(axis=0)) / (values.std(axis=0) + eps)
 
 
@@ -157,12 +184,21 @@ class GroupScores:
 
     def camera_means(self, cameras: tuple[str, ...] = CAMERAS) -> dict[str, float]:
         """``"metric/camera"`` -> mean over candidates and clips (for logging)."""
-        return {f"{m}/{c}": float(v[..., i].mean())
-                for m, v in self.clip_metrics.items() for i, c in enumerate(cameras)}
+        return {f"{m}/{c}": float(np.nanmean(v[..., i]))
+                for m, v in self.clip_metrics.items() for i, c in enumerate(cameras) if not np.isnan(v[..., i]).all()}
+
+
+def _mean_over_clips(values: np.ndarray) -> np.ndarray:
+    """(K, C, V) -> (K, V): mean over the defined (non-NaN) clips; NaN where none is defined."""
+    defined = ~np.isnan(values)
+    total = np.where(defined, values, 0.0).sum(axis=1)
+    count = defined.sum(axis=1)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
 class RewardScorer:
-    """Scores groups of candidates: ``scorer(generated (K, C, F, V, H, W, 3), truth (C, F, V, H, W, 3))``."""
+    """Scores groups of candidates: ``scorer(generated (K, C, F, V, H, W, 3), truth (C, F, V, H, W, 3), previous)``
+    with ``previous`` (V, H, W, 3) the true frame before the continuation (needed by ``psnr_moving``)."""
 
     def __init__(self, weights: RewardWeights | None = None, lpips: LPIPSMetric | None = None,
                  cameras: tuple[str, ...] = CAMERAS) -> None:
@@ -184,13 +220,20 @@ class RewardScorer:
         cameras = " ".join(f"{c}={self.weights.cameras[c]:g}" for c in self.cameras)
         return " ".join(parts) + "; cameras " + cameras
 
-    def __call__(self, generated: np.ndarray, truth: np.ndarray) -> GroupScores:
+    def __call__(self, generated: np.ndarray, truth: np.ndarray, previous: np.ndarray | None = None) -> GroupScores:
         generated, truth = np.asarray(generated), np.asarray(truth)
         if generated.ndim != 7 or truth.shape != generated.shape[1:]:
             raise ValueError(f"expected generated (K, C, F, V, H, W, 3) and truth (C, F, V, H, W, 3), got "
                              f"{generated.shape} and {truth.shape}")
+        before = None
+        if previous is not None:  # the true frame before each clip: the given one, then each clip's last
+            previous = np.asarray(previous)
+            if previous.shape != truth.shape[2:]:
+                raise ValueError(f"previous must be one frame per camera {truth.shape[2:]}, got {previous.shape}")
+            before = np.concatenate([previous[None], truth[:-1, -1]])
+            before = np.repeat(before[None], generated.shape[0], axis=0)
         truth = np.repeat(truth[None], generated.shape[0], axis=0)
-        per_clip = clip_metrics(generated, truth, self.lpips, self.metrics)
-        per_candidate = {m: v.mean(axis=1) for m, v in per_clip.items()}
+        per_clip = clip_metrics(generated, truth, self.lpips, self.metrics, before)
+        per_candidate = {m: _mean_over_clips(v) for m, v in per_clip.items()}
         per_view = view_rewards(per_candidate, self.weights, self.cameras)
         return GroupScores(per_clip, camera_weighted_mean(per_view, self.weights, self.cameras), per_view)

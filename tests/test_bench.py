@@ -21,7 +21,7 @@ def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
     for b in (1, 2):
         step, sampling = figures[f"batch{b}_step_seconds"], figures[f"batch{b}_sampling_seconds"]
         assert step > 0 and sampling > 0 and figures[f"batch{b}_decoding_seconds"] >= 0
-        assert figures[f"batch{b}_env_steps_per_s"] == pytest.approx(b / step, rel=0.01)
+        assert figures[f"batch{b}_env_steps_per_s"] == pytest.approx(b / step, rel=0.01, abs=0.006)  # 2 decimals
     assert figures["step12_rss_mb"] > 0 and figures["long_vs_short_time_ratio"] > 0
     assert figures["sampling_steps"] == 3  # the tiny model's own default
 

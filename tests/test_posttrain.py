@@ -1,6 +1,7 @@
 """``persistworld posttrain`` on a tiny model: the group procedure, a full run, exact resume, the NaN guard."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -15,7 +16,7 @@ from persistworld_env.data.lerobot_reader import LeRobotEpisodes
 from persistworld_env.models.world_model import WorldModel
 from persistworld_env.posttrain.groups import GroupSpec, collect_group, draw_group
 from persistworld_env.posttrain.truth import DatasetTruth
-from persistworld_env.rewards import RewardScorer
+from persistworld_env.rewards import RewardScorer, RewardWeights
 from persistworld_env.rollout import RolloutEngine
 from posttrain_helpers import H, W, write_tiny_setup
 from training.posttrain import PosttrainConfig, posttrain
@@ -55,8 +56,12 @@ def test_collect_group_branches_k_candidates_from_one_prefix(tiny):
     spec = GroupSpec(episode=1, start=1, prefix_steps=1, clips=2)
     episode = truth.episode(1, spec.start + spec.steps).window(spec.start, spec.steps)
     engine = RolloutEngine(model).with_sampler(steps=2)
-    samples = collect_group(engine, episode, spec, seeds=[0, 1, 2, 3], scorer=RewardScorer())
+    scorer = RewardScorer(RewardWeights.parse("psnr=1,ssim=1,lpips=0,psnr_moving=1"))
+    samples = collect_group(engine, episode, spec, seeds=[0, 1, 2, 3], scorer=scorer)
     k, c = 3, 2
+    # The moving region is found against the true frame before the continuation (the prefix's last).
+    expected = scorer(samples.frames, episode.frames[1:3], episode.frames[0, -1])
+    np.testing.assert_array_equal(samples.scores.view_rewards, expected.view_rewards)
     assert len(samples) == k * c and samples.frames.shape == (k, c, 4, 3, H, W, 3)
     np.testing.assert_array_equal(samples.candidate, [0, 0, 1, 1, 2, 2])
     assert samples.x0.shape == (k * c, 5, *samples.current.shape[1:]) and samples.poses.shape == (k * c, 11, 7)
@@ -170,7 +175,24 @@ def test_per_view_rewards_give_each_camera_its_own_optimality(tiny, tmp_path):
     assert view_weights.tolist() == [1.0, 1.0, 2.0]
     r_scalar, none = optimality_per_sample(samples, dataclasses.replace(config, per_view_rewards=False), CAMERAS)
     assert r_scalar.shape == (3,) and none is None
-    summary = posttrain(_config(tiny, tmp_path / "per_view", groups=1, max_clips=1, eval_every=100,
-                                per_view_rewards=True, top_sigma_fraction=0.5))
-    assert summary["step"] == 1 and summary["bad_steps"] == 0
+    summary = posttrain(_config(tiny, tmp_path / "per_view", groups=2, max_clips=2, eval_every=100,
+                                per_view_rewards=True, top_sigma_fraction=0.5,
+                                metric_weights="psnr=0,ssim=1,psnr_moving=2"))
+    assert summary["step"] == 2 and summary["bad_steps"] == 0
+    assert summary["reward"].startswith("ssim=1 psnr_moving=2;")
+    assert not any(k.startswith("psnr/") for k in summary["recent_rewards"])
 
+
+
+def test_permute_rewards_control_shuffles_whole_candidates():
+    from persistworld_env.rewards import GroupScores
+    from training.posttrain import add_arguments, config_from_args, permute_candidates
+
+    view = np.arange(12.0).reshape(4, 3)
+    scores = GroupScores(clip_metrics={}, rewards=view.mean(axis=1), view_rewards=view.copy())
+    permute_candidates(scores, np.random.default_rng(0))
+    assert sorted(scores.rewards.tolist()) == view.mean(axis=1).tolist()
+    assert scores.rewards.tolist() != view.mean(axis=1).tolist()  # this seed moves them
+    np.testing.assert_array_equal(scores.view_rewards.mean(axis=1), scores.rewards)  # rows move together
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--data", "d", "--out", "o", "--permute-rewards"])
+    assert config_from_args(args).permute_rewards

@@ -122,3 +122,49 @@ def test_posttrain_command_stops_before_any_work_without_real_lpips_weights(monk
         main(["posttrain", "--data", str(tmp_path / "no_data"), "--out", str(tmp_path / "run"), "--model",
               str(tmp_path / "no_model")])
     assert not (tmp_path / "run").exists()
+
+
+def test_moving_region_and_region_psnr_match_a_hand_computation():
+    from persistworld_env.metrics import moving_region, region_psnr
+
+    previous = np.full((12, 14, 3), 100, np.uint8)
+    clip = np.repeat(previous[None], 3, axis=0)
+    clip[1, 5, 6, 2] = 113  # one channel of one pixel moves by 13 > 12 in frame 1
+    clip[2, 0, 0, 0] = 112  # exactly 12: not moving
+    mask = moving_region(clip, previous, threshold=12, dilation=1)
+    expected = np.zeros((12, 14), bool)
+    expected[4:7, 5:8] = True  # the pixel grown by 1 in each direction
+    np.testing.assert_array_equal(mask, expected)
+    exact = moving_region(clip, previous, threshold=12, dilation=0)
+    assert exact.sum() == 1 and exact[5, 6]
+    pred = clip.copy()
+    pred[0, 4, 5, :] += 10  # inside the region
+    pred[2, 11, 13, :] += 50  # outside it: ignored
+    mse = 3 * (10 / 255) ** 2 / (9 * 3 * 3)  # one pixel's 3 channels, over 9 pixels x 3 frames x 3 channels
+    assert region_psnr(pred, clip, mask) == pytest.approx(10 * np.log10(1 / mse))
+    assert np.isnan(region_psnr(pred, clip, np.zeros_like(mask)))  # still clip: undefined
+    assert region_psnr(clip, clip, mask) == np.inf
+
+
+def test_moving_psnr_reward_ranks_by_the_moving_region_and_ignores_still_cameras():
+    rng = np.random.default_rng(0)
+    previous = rng.integers(0, 200, (V, H, W, 3), dtype=np.uint8)
+    truth = np.repeat(np.repeat(previous[None, None], F, 1), C, 0).copy()  # (C, F, V, H, W, 3), still
+    truth[:, :, 0, 10:16, 10:16] = 255  # an "arm" appears in camera 0 only
+    moving = np.zeros((H, W), bool)
+    moving[8:18, 8:18] = True  # its region grown by 2
+    cands = np.repeat(truth[None], K, 0).copy()
+    for k, (arm_err, background_err) in enumerate([(5, 40), (10, 0), (20, 30), (40, 0)]):
+        cands[k, :, :, :, moving] = np.clip(cands[k, :, :, :, moving].astype(int) - arm_err, 0, 255)
+        cands[k, :, :, :, ~moving] = np.clip(cands[k, :, :, :, ~moving].astype(int) + background_err, 0, 255)
+    scorer = RewardScorer(RewardWeights.parse("psnr=0,ssim=0,lpips=0,psnr_moving=1"))
+    assert scorer.metrics == ("psnr_moving",)
+    with pytest.raises(ValueError, match="frame before"):
+        scorer(cands, truth)
+    scores = scorer(cands, truth, previous)
+    assert np.all(np.diff(scores.view_rewards[:, 0]) < 0)  # ordered by the arm's error, not the background's
+    np.testing.assert_array_equal(scores.view_rewards[:, 1:], 0.0)  # cameras that do not move: no signal
+    assert np.isnan(scores.clip_metrics["psnr_moving"][:, :, 1:]).all()
+    assert set(scores.camera_means()) == {"psnr_moving/exterior_1_left"}
+    full = RewardScorer(RewardWeights.parse("psnr=1,ssim=0,lpips=0"))(cands, truth, previous)
+    assert np.argmax(full.view_rewards[:, 0]) != 0  # the full frame prefers a candidate with the arm further off

@@ -98,6 +98,10 @@ class PosttrainConfig:
     #: share of the update's noise levels set to the model's sampling sigma_max instead of a log-normal
     #: draw (``diffusion.edm``): where a one-step sampler makes its whole prediction
     top_sigma_fraction: float = 0.0
+    #: control experiment: the candidates' rewards are permuted at random within each group before the
+    #: update, so it sees rewards of the same spread that say nothing about the truth (what the update does
+    #: on its own, to compare a real run against)
+    permute_rewards: bool = False
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -203,10 +207,17 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
              + (f"{config.top_sigma_fraction:.0%} of levels at the sampler's sigma_max, the rest " if
                 config.top_sigma_fraction else "") + "log-normal as in pretraining",
              f"- reward: {summary['reward']}" + (" (per view: each camera's rows trained with its own r)"
-                                                  if config.per_view_rewards else ""), ""]
+                                                  if config.per_view_rewards else "")
+             + (" -- PERMUTED at random within each group (a control run)" if config.permute_rewards else ""), ""]
     if base_card:
         lines += ["## Base model", "", base_card.strip(), ""]
     return "\n".join(lines)
+
+
+def permute_candidates(scores, rng: np.random.Generator) -> None:
+    """Shuffle which candidate gets which reward (``--permute-rewards``, a control), in place."""
+    order = rng.permutation(len(scores.rewards))
+    scores.rewards, scores.view_rewards = scores.rewards[order], scores.view_rewards[order]
 
 
 def optimality_per_sample(samples, config: PosttrainConfig, cameras: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -253,6 +264,21 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
         sums += torch.stack([t.detach().double().sum().cpu() for t in
                              (terms.total, terms.positive, terms.negative, terms.reference)])
     return sums / n, accelerator.clip_grad_norm_(policy.trainable_parameters(), config.grad_clip)
+
+
+def _mean_figures(figures: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each figure over the groups that have it (a still continuation has no moving-region PSNR)."""
+    keys = sorted({k for f in figures for k in f})
+    return {k: float(np.mean([f[k] for f in figures if k in f])) for k in keys}
+
+
+def _psnr_postfix(figures: dict[str, float]) -> dict[str, str]:
+    """The progress bar's PSNR: the full-frame camera mean, else the moving region's, else nothing."""
+    for name in ("psnr", "psnr_moving"):
+        values = [v for k, v in figures.items() if k.split("/")[0] == name]
+        if values:
+            return {name: f"{np.mean(values):.2f}"}
+    return {}
 
 
 def posttrain(config: PosttrainConfig) -> dict:
@@ -328,6 +354,8 @@ def posttrain(config: PosttrainConfig) -> dict:
         episode = truth.episode(spec.episode, spec.start + spec.steps, rng).window(spec.start, spec.steps)
         with policy.old(merged=True), accelerator.autocast():
             samples = collect_group(engine, episode, spec, seeds, scorer, candidate_sampler=candidate_sampler)
+        if config.permute_rewards:
+            permute_candidates(samples.scores, np.random.default_rng(_seed(config, group, 3)))
         t_update = time.perf_counter()
         r, view_weights = optimality_per_sample(samples, config, model.config.cameras)
         r = r.to(dev)
@@ -361,8 +389,7 @@ def posttrain(config: PosttrainConfig) -> dict:
             writer.add_scalar("group/clips", spec.clips, step)
             for k, v in {**samples.timings, "update": now - t_update, "step": now - t0}.items():
                 writer.add_scalar(f"time/{k}_seconds", v, step)
-            psnr = np.mean([v for k, v in figures.items() if k.startswith("psnr/")])
-            bar.set_postfix(loss=f"{means[0].item():.4f}", psnr=f"{psnr:.2f}")
+            bar.set_postfix(loss=f"{means[0].item():.4f}", **_psnr_postfix(figures))
         if step % config.eval_every == 0 or step == total_steps:
             evaluate(step)
         if step % config.checkpoint_every == 0 or step == total_steps:
@@ -370,7 +397,7 @@ def posttrain(config: PosttrainConfig) -> dict:
                             keep=config.keep_checkpoints)
     bar.close()
     truth.close()
-    recent_means = {k: float(np.mean([f[k] for f in recent])) for k in (recent[0] if recent else {})}
+    recent_means = _mean_figures(recent)
     # Per process: sum and sum of squares of the trained parameters (equal when in sync) and the mean PSNR
     # of its own recent groups (different when the groups are sharded).
     check = torch.tensor([[sum(p.detach().double().sum().item() for p in params),
@@ -416,7 +443,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="LPIPS backbone: real AlexNet weights (must be on this machine), an explicitly "
                              "random backbone, or off (PSNR + SSIM rewards only)")
     parser.add_argument("--lpips-weights", default=None, help="torchvision AlexNet checkpoint file for --lpips real")
-    parser.add_argument("--metric-weights", default=d.metric_weights, help="reward weights per metric")
+    parser.add_argument("--metric-weights", default=d.metric_weights, help="reward weights per metric: psnr, ssim, lpips, psnr_moving (the PSNR of "
+                        "the region that moves in the true clip; 0 by default); unnamed ones keep their defaults")
     parser.add_argument("--camera-weights", default=d.camera_weights, help="reward weights per camera")
     helps = {"beta": "DiffusionNFT implicit-policy step (loss divided by it; ~1, 0.1 for hard rewards)",
              "adv_clip": "A_max: advantages clipped to [-A_max, A_max] before r = 0.5 + A / (2 A_max)",
@@ -446,6 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--top-sigma-fraction", type=float, default=d.top_sigma_fraction,
                         help="share of the update's noise levels set to the model's sampling sigma_max instead of a "
                              "log-normal draw: where a one-step sampler makes its prediction (default: %(default)s)")
+    parser.add_argument("--permute-rewards", action="store_true",
+                        help="control run: permute the candidates' rewards at random within each group, so the "
+                             "update gets rewards of the same spread that say nothing about the truth")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

@@ -162,7 +162,8 @@ def collect_group(engine: RolloutEngine, episode: ReplayEpisode, spec: GroupSpec
     future = slice(spec.prefix_steps, spec.steps)
     frames, per_clip = generate_candidates(engine, episode.poses[future], seeds[1:], batch_size, candidate_sampler)
     t2 = time.perf_counter()
-    scores = scorer(frames, episode.frames[future])
+    before = episode.frames[spec.prefix_steps - 1, -1] if spec.prefix_steps > 0 else episode.first_frames
+    scores = scorer(frames, episode.frames[future], before)
     t3 = time.perf_counter()
     timings.update(prefix=t1 - t0, candidates=t2 - t1, rewards=t3 - t2)
 
