@@ -36,7 +36,9 @@ from persistworld_env.constants import CAMERAS
 from persistworld_env.metrics import moving_region, psnr, region_psnr, ssim
 from persistworld_env.perceptual import LPIPSMetric
 
-METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips", "psnr_moving")
+#: Metrics scored per frame over the whole image (averaged over a clip's frames).
+FRAME_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
+METRICS: tuple[str, ...] = FRAME_METRICS + ("psnr_moving",)
 #: Weights when none are given: the full-frame metrics alike, the moving-region PSNR off.
 DEFAULT_METRIC_WEIGHTS: dict[str, float] = {"psnr": 1.0, "ssim": 1.0, "lpips": 1.0, "psnr_moving": 0.0}
 #: +1 where a higher value is better, -1 where lower is better.
@@ -98,7 +100,7 @@ def _parse_pairs(text: str | None) -> dict[str, float]:
 
 
 def clip_metrics(generated: np.ndarray, truth: np.ndarray, lpips: LPIPSMetric | None = None,
-                 metrics: tuple[str, ...] = METRICS[:3], previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 metrics: tuple[str, ...] = FRAME_METRICS, previous: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per clip and camera means over the clip's frames (``psnr_moving``: see the module docstring).
 
     Args:

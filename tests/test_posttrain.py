@@ -183,7 +183,6 @@ def test_per_view_rewards_give_each_camera_its_own_optimality(tiny, tmp_path):
     assert not any(k.startswith("psnr/") for k in summary["recent_rewards"])
 
 
-
 def test_permute_rewards_control_shuffles_whole_candidates():
     from persistworld_env.rewards import GroupScores
     from training.posttrain import add_arguments, config_from_args, permute_candidates

@@ -50,7 +50,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ import torch
 from persistworld_env.diffusion.edm import EDMConfig
 from persistworld_env.success import carry_success_detector
 from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
+
+if TYPE_CHECKING:
+    from persistworld_env.rewards import GroupScores
 
 
 @dataclass
@@ -214,7 +217,7 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
     return "\n".join(lines)
 
 
-def permute_candidates(scores, rng: np.random.Generator) -> None:
+def permute_candidates(scores: GroupScores, rng: np.random.Generator) -> None:
     """Shuffle which candidate gets which reward (``--permute-rewards``, a control), in place."""
     order = rng.permutation(len(scores.rewards))
     scores.rewards, scores.view_rewards = scores.rewards[order], scores.view_rewards[order]
@@ -443,8 +446,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="LPIPS backbone: real AlexNet weights (must be on this machine), an explicitly "
                              "random backbone, or off (PSNR + SSIM rewards only)")
     parser.add_argument("--lpips-weights", default=None, help="torchvision AlexNet checkpoint file for --lpips real")
-    parser.add_argument("--metric-weights", default=d.metric_weights, help="reward weights per metric: psnr, ssim, lpips, psnr_moving (the PSNR of "
-                        "the region that moves in the true clip; 0 by default); unnamed ones keep their defaults")
+    parser.add_argument("--metric-weights", default=d.metric_weights,
+                        help="reward weights per metric: psnr, ssim, lpips, psnr_moving (the PSNR of the region "
+                             "that moves in the true clip; 0 by default); unnamed ones keep their defaults")
     parser.add_argument("--camera-weights", default=d.camera_weights, help="reward weights per camera")
     helps = {"beta": "DiffusionNFT implicit-policy step (loss divided by it; ~1, 0.1 for hard rewards)",
              "adv_clip": "A_max: advantages clipped to [-A_max, A_max] before r = 0.5 + A / (2 A_max)",
