@@ -91,13 +91,14 @@ def test_run_writes_a_loadable_model_and_resume_equals_an_uninterrupted_run(tiny
 
     import persistworld_env  # noqa: F401
 
-    full = posttrain(_config(tiny, tmp_path / "full", lpips="random", groups=3))
+    # The exported model is the running average of the trained weights (kept in the checkpoints too).
+    full = posttrain(_config(tiny, tmp_path / "full", lpips="random", groups=3, average_decay=0.5))
     assert full["step"] == 3 and full["bad_steps"] == 0 and full["lpips_backbone"] == "alexnet-random"
-    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=2))  # "interrupted" after 2 groups
+    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=2, average_decay=0.5))  # "interrupted"
     with pytest.raises(FileExistsError, match="--resume"):
-        posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3))
-    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3, resume=True))
-    for name in ("model.safetensors", "custom_checkpoint_0.pkl", "optimizer.bin"):  # adapters, old state, Adam
+        posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3, average_decay=0.5))
+    posttrain(_config(tiny, tmp_path / "split", lpips="random", groups=3, average_decay=0.5, resume=True))
+    for name in ("model.safetensors", "custom_checkpoint_0.pkl", "optimizer.bin"):  # adapters, old/average, Adam
         a, b = (tmp_path / run / "checkpoints" / "checkpoint-00000003" / name for run in ("full", "split"))
         if name.endswith(".safetensors"):
             sa, sb = load_file(a), load_file(b)
@@ -105,11 +106,13 @@ def test_run_writes_a_loadable_model_and_resume_equals_an_uninterrupted_run(tiny
         else:
             ta, tb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
             assert repr(ta) == repr(tb), name
+            assert name != "custom_checkpoint_0.pkl" or ta["average"] is not None
     base = WorldModel.from_pretrained(tiny[1]).denoiser.state_dict()
     merged = [WorldModel.from_pretrained(tmp_path / run / "model").denoiser.state_dict() for run in ("full", "split")]
     assert all(torch.equal(merged[0][k], merged[1][k]) for k in base)
     assert any(not torch.equal(merged[0][k], base[k]) for k in base)  # the update changed the model
-    assert "RL post-trained" in (tmp_path / "full" / "model" / "README.md").read_text()
+    card = (tmp_path / "full" / "model" / "README.md").read_text()
+    assert "RL post-trained" in card and "running average of the trained weights (EMA decay 0.5)" in card
     env = gym.make("PersistWorld-DROID-v0", model=str(tmp_path / "full" / "model"), sampling_steps=2)
     env.reset(seed=0)
     env.close()

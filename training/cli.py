@@ -14,6 +14,7 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pretrain", "training.pretrain", "pretrain the world model (EDM, teacher-forced); accelerate-ready"),
     ("posttrain", "training.posttrain", "RL post-training for long-horizon persistence (PersistWorld, DiffusionNFT); "
                                         "accelerate-ready"),
+    ("average", "training.average", "average the weights of several fine-tunes of one base model (a model soup)"),
     ("quality", "training.quality", "print a world model's fidelity on held-out episodes (VAE, one clip, replay)"),
     ("train-success", "training.train_success", "train the success detector (views + instruction -> P(success))"),
     ("evaluate", "training.evaluate", "replay fidelity of world models: metrics.json, curves, videos, sign tests, Elo"),

@@ -22,6 +22,8 @@ S4. one optimizer step of DiffusionNFT (:mod:`persistworld_env.diffusion.nft`) o
 
 Parameters: LoRA adapters (rank ``--lora-rank``) on the UNet's attention and feed-forward layers, the
 old model as a second adapter, the action encoder trained fully; ``--full-finetune`` trains everything.
+``--average-decay D`` keeps an EMA of the trained weights and exports it instead of the last weights
+(Polyak averaging of the noisy steps; ``persistworld average`` does it across model directories).
 
 LPIPS (``--lpips``): ``real`` needs torchvision's AlexNet weights on this machine (else the run stops,
 naming where to put them); ``random`` opts into a random backbone (not a perceptual metric; labelled
@@ -33,7 +35,7 @@ processes and synchronise gradients; one process writes), atomic checkpoints eve
 optimizer, RNG, step), TensorBoard in ``<out>/logs`` (reward per metric and camera, r histogram, loss
 terms, grad norm, timings), replay videos of a validation episode in ``<out>/samples``, a NaN/inf guard
 that skips and counts bad steps. The result is a standalone model directory ``<out>/model`` (adapters
-merged) that ``gym.make("PersistWorld-DROID-v0", model=...)`` loads.
+merged; with ``--average-decay`` the running average of the trained weights) that ``gym.make("PersistWorld-DROID-v0", model=...)`` loads.
 
 Defaults suit the embedded default model on MiniDROID (episodes of ~7 steps at the median): K = 16,
 L_max = 6, C_max = 2, beta = 1, A_max = 5, reference L2 1e-4, LoRA rank 8, lr 1e-4.
@@ -111,6 +113,9 @@ class PosttrainConfig:
     micro_batch: int = 16
     old_decay_rate: float = 0.001
     old_decay_max: float = 0.5
+    #: decay of a running average (EMA) of the trained weights, exported as the model instead of the last
+    #: weights (Polyak averaging: the updates' shared drift stays, their noise averages out); 0 = off
+    average_decay: float = 0.0
     lora_rank: int = 8
     lora_alpha: float | None = None
     full_finetune: bool = False
@@ -146,6 +151,8 @@ class PosttrainConfig:
             raise ValueError("need max_prefix >= 0, beta > 0, action_noise >= 0 and ref_weight >= 0")
         if self.action_noise > 0 and self.truth != "sim":
             raise ValueError("--action-noise needs --truth sim (recorded futures exist only for recorded actions)")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
         if not 0.0 <= self.top_sigma_fraction <= 1.0:
             raise ValueError(f"top_sigma_fraction must be in [0, 1], got {self.top_sigma_fraction}")
 
@@ -174,7 +181,8 @@ def build_policy(denoiser, config: PosttrainConfig):
 
     return PolicyWeights(denoiser, full_finetune=config.full_finetune, lora_root=denoiser.unet,
                          fully_trained=[denoiser.action_encoder], lora_rank=config.lora_rank,
-                         lora_alpha=config.lora_alpha, keep_reference=config.ref_weight > 0)
+                         lora_alpha=config.lora_alpha, keep_reference=config.ref_weight > 0,
+                         average_decay=config.average_decay)
 
 
 def sampler_settings(model, steps: int | None):
@@ -206,6 +214,8 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
              f"- prefix 0..{config.max_prefix} steps, continuation 1..{config.max_clips} clips, beta {config.beta}, "
              f"A_max {config.adv_clip}, reference L2 {config.ref_weight}, lr {config.lr}",
              f"- parameters: {adapters}",
+             "- exported weights: " + (f"running average of the trained weights (EMA decay {config.average_decay})"
+                                       if config.average_decay else "the last trained weights"),
              f"- update noise: {'shared by the K candidates' if config.shared_noise else 'one draw per sample'}, "
              + (f"{config.top_sigma_fraction:.0%} of levels at the sampler's sigma_max, the rest " if
                 config.top_sigma_fraction else "") + "log-normal as in pretraining",
@@ -369,6 +379,7 @@ def posttrain(config: PosttrainConfig) -> dict:
         if all_finite(accelerator, means, grad_norm):
             optimizer.step()
             policy.update_old(old_decay(step + 1, config.old_decay_rate, config.old_decay_max))
+            policy.update_average()
         else:
             bad_steps += 1
             accelerator.print(f"step {step}: non-finite loss or gradient, skipped ({bad_steps} so far)")
@@ -414,7 +425,8 @@ def posttrain(config: PosttrainConfig) -> dict:
                "recent_psnr_per_process": check[:, 2].tolist()}
     if accelerator.is_main_process:
         merged = WorldModel(model.config, model.autoencoder, model.normalizer)
-        merged.denoiser.load_state_dict(policy.merged_state_dict(), strict=True)
+        merged.denoiser.load_state_dict(policy.merged_state_dict(averaged=config.average_decay > 0),
+                                       strict=True)
         merged.save_pretrained(out_dir / "model", model_card=_model_card(config, summary, model.model_card))
         carry_success_detector(config.model, out_dir / "model")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -454,11 +466,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "adv_clip": "A_max: advantages clipped to [-A_max, A_max] before r = 0.5 + A / (2 A_max)",
              "ref_weight": "weight of the L2 to the model before post-training (0 = off, saves a forward)",
              "old_decay_rate": "old-model EMA decay added per step", "old_decay_max": "old-model EMA decay cap",
+             "average_decay": "EMA decay of a running average of the trained weights, exported as the model "
+                              "instead of the last weights (0 = off)",
              "micro_batch": "samples per forward/backward (gradients accumulate over the group)",
              "lora_rank": "LoRA adapter rank", "eval_steps": "replay steps of the validation videos",
              "checkpoint_every": "steps between checkpoints", "eval_every": "steps between validation videos"}
     for name in ("beta", "adv_clip", "ref_weight", "lr", "weight_decay", "grad_clip", "old_decay_rate",
-                 "old_decay_max"):
+                 "old_decay_max", "average_decay"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                             help=f"{helps.get(name, name.replace('_', ' '))} (default: %(default)s)")
     for name in ("micro_batch", "lora_rank", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_steps",

@@ -11,7 +11,10 @@ sampling, ``old(merged=True)`` folds the old adapter into temporary weights (no 
 Full mode: every parameter trains; old and reference are shadow copies of all of them.
 
 ``merged_state_dict()`` folds the trained adapter into the base weights: a plain state dict of the
-network as it was before injection, ready for ``save_pretrained``.
+network as it was before injection, ready for ``save_pretrained``. With ``average_decay > 0`` a running
+average (EMA) of the trained weights is kept as well (``update_average()`` after each optimizer step) and
+``merged_state_dict(averaged=True)`` exports it instead: Polyak averaging, which keeps the drift the updates
+share and averages out the noise they do not.
 """
 from __future__ import annotations
 
@@ -84,11 +87,15 @@ class PolicyWeights:
         lora_rank, lora_alpha: adapter rank and scale numerator (alpha / rank; alpha defaults to rank).
         target_modules: peft target regex (default :data:`LORA_TARGET_MODULES`).
         keep_reference: keep what :meth:`reference` needs (an extra copy in full mode).
+        average_decay: decay of a running average of the trained weights (0 = none kept).
     """
 
     def __init__(self, network: nn.Module, full_finetune: bool = False, lora_root: nn.Module | None = None,
                  fully_trained: Sequence[nn.Module] = (), lora_rank: int = 8, lora_alpha: float | None = None,
-                 target_modules: str = LORA_TARGET_MODULES, keep_reference: bool = True) -> None:
+                 target_modules: str = LORA_TARGET_MODULES, keep_reference: bool = True,
+                 average_decay: float = 0.0) -> None:
+        if not 0.0 <= average_decay < 1.0:
+            raise ValueError(f"average_decay must be in [0, 1), got {average_decay}")
         self.network = network
         self.full_finetune = bool(full_finetune)
         self._lora_pairs: list[tuple[nn.Parameter, nn.Parameter]] = []
@@ -107,6 +114,8 @@ class PolicyWeights:
                 p.requires_grad_(True)
         self._old = ShadowCopy(shadowed)
         self._reference = ShadowCopy(shadowed) if keep_reference else None
+        self.average_decay = float(average_decay)
+        self._average = ShadowCopy(self.trainable_parameters()) if average_decay > 0 else None
 
     # -- set-up -------------------------------------------------------------------------------------
     def _inject(self, root: nn.Module, rank: int, alpha: float, target_modules: str) -> None:
@@ -212,20 +221,40 @@ class PolicyWeights:
             p_old.mul_(decay).add_(p_train.detach(), alpha=1 - decay)
         self._old.ema(decay)
 
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """average <- average_decay * average + (1 - average_decay) * trained (nothing when no average is kept)."""
+        if self._average is not None:
+            self._average.ema(self.average_decay)
+
     # -- checkpoints (accelerate's register_for_checkpointing) -----------------------------------------
     def state_dict(self) -> dict:
-        """Shadow copies (old and reference); the old adapter is part of the network's own state dict."""
-        return {"old": self._old.state(), "reference": self._reference.state() if self._reference else None}
+        """Shadow copies (old, reference, average); the old adapter is part of the network's own state dict."""
+        return {"old": self._old.state(), "reference": self._reference.state() if self._reference else None,
+                "average": self._average.state() if self._average else None}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load :meth:`state_dict` output (after the network's weights). A state without an average (written
+        with none kept) starts the average at the network's current trained weights."""
         self._old.load(state["old"])
         if self._reference is not None and state.get("reference") is not None:
             self._reference.load(state["reference"])
+        if self._average is not None:
+            if state.get("average") is not None:
+                self._average.load(state["average"])
+            else:
+                self._average = ShadowCopy(self._average.params)
 
     # -- export ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained policy as a plain state dict of the network before adapters (adapter merged in)."""
+    def merged_state_dict(self, averaged: bool = False) -> dict[str, torch.Tensor]:
+        """The trained policy (``averaged``: its running average) as a plain state dict of the network
+        before adapters (adapter merged in)."""
+        if averaged:
+            if self._average is None:
+                raise RuntimeError("no running average is kept (build PolicyWeights with average_decay > 0)")
+            with self._average.swapped():
+                return self.merged_state_dict()
         state = self.network.state_dict()
         if self.full_finetune:
             return {k: v.detach().clone() for k, v in state.items()}
