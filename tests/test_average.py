@@ -24,7 +24,7 @@ def _fine_tunes(tmp_path, n: int = 3) -> list[str]:
         with torch.no_grad():
             for p in model.denoiser.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
-        paths.append(str(model.save_pretrained(tmp_path / f"ft{i}", model_card=f"# fine-tune {i}\n")))
+        paths.append(str(model.save_pretrained(tmp_path / f"ft{i}", model_card=f"# fine-tune {i}\n\n- command: `persistworld posttrain --seed {i}`\n")))
     return paths
 
 
@@ -40,6 +40,12 @@ def test_the_average_is_the_weighted_mean_of_the_denoisers_and_loads_as_a_model(
     card = (tmp_path / "avg" / "README.md").read_text()
     assert "weight average" in card and "weight 0.500" in card
     assert all(f"# fine-tune {i}" in card for i in range(3)) and "persistworld average" in card
+    # The report's Reproduce section finds the sources' commands before the average's own.
+    from training.report import training_commands
+    commands = training_commands(str(tmp_path / "avg"))
+    assert commands[:3] == [f"persistworld posttrain --seed {i}" for i in range(3)]
+    assert len(commands) == 4 and commands[3].startswith("persistworld average --model")
+    assert training_commands(paths[0]) == ["persistworld posttrain --seed 0"]
     # The autoencoder and the normalisation are the first model's, unchanged.
     first = WorldModel.from_pretrained(paths[0])
     assert all(torch.equal(a, b) for a, b in zip(avg.autoencoder.state_dict().values(),

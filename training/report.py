@@ -40,16 +40,19 @@ def _copy_figure(src: Path, assets: Path, report: Path, prefix: str) -> str:
     return dest.relative_to(report.parent).as_posix()
 
 
-def _training_command(model_path: str) -> str | None:
-    """The command line recorded in a model directory's card (``- command: `...```), if any."""
+def training_commands(model_path: str) -> list[str]:
+    """The command lines recorded in a model directory's card (``- command: `...```): its own, preceded by
+    the first one of each ``## Source`` section when the model was made from others (``persistworld average``)."""
     from persistworld_env.models.world_model import EMBEDDED_MODELS, embedded_model_dir
 
     folder = embedded_model_dir(model_path) if model_path in EMBEDDED_MODELS else Path(model_path)
     card = folder / "README.md"
     if not card.is_file():
-        return None
-    match = re.search(r"- command: `([^`]+)`", card.read_text())
-    return match.group(1) if match else None
+        return []
+    command = re.compile(r"- command: `([^`]+)`")
+    own, *sources = re.split(r"^## Source \d+: .*$", card.read_text(), flags=re.MULTILINE)
+    found = [m.group(1) for m in map(command.search, [*sources, own]) if m]
+    return found
 
 
 def fidelity_section(doc: dict, eval_dir: Path, report: Path, assets: Path) -> list[str]:
@@ -157,14 +160,14 @@ def policy_section(doc: dict, policy_dir: Path, report: Path, assets: Path) -> l
 
 def reproduce_section(metrics: dict | None, policy: dict | None, command: str) -> list[str]:
     lines = ["## Reproduce", "", "Every number above comes from these commands (run in this order):", "", "```bash"]
-    trained = {}
+    trained: dict[str, list[str]] = {}
     for doc in (metrics, policy):
         for name, entry in (doc or {}).get("models", {}).items():
-            found = _training_command(entry["path"])
+            found = training_commands(entry["path"])
             if found:
                 trained.setdefault(name, found)
-    for name, cmd in trained.items():
-        lines.append(f"# model {name}\n{cmd}")
+    for name, commands in trained.items():
+        lines.append(f"# model {name}\n" + "\n".join(commands))
     if metrics:
         lines.append(metrics["command"])
     if policy:
