@@ -24,7 +24,8 @@ def _fine_tunes(tmp_path, n: int = 3) -> list[str]:
         with torch.no_grad():
             for p in model.denoiser.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
-        paths.append(str(model.save_pretrained(tmp_path / f"ft{i}", model_card=f"# fine-tune {i}\n\n- command: `persistworld posttrain --seed {i}`\n")))
+        card = f"# fine-tune {i}\n\n- command: `persistworld posttrain --seed {i}`\n"
+        paths.append(str(model.save_pretrained(tmp_path / f"ft{i}", model_card=card)))
     return paths
 
 

@@ -51,8 +51,7 @@ def training_commands(model_path: str) -> list[str]:
         return []
     command = re.compile(r"- command: `([^`]+)`")
     own, *sources = re.split(r"^## Source \d+: .*$", card.read_text(), flags=re.MULTILINE)
-    found = [m.group(1) for m in map(command.search, [*sources, own]) if m]
-    return found
+    return [m.group(1) for m in map(command.search, [*sources, own]) if m]
 
 
 def fidelity_section(doc: dict, eval_dir: Path, report: Path, assets: Path) -> list[str]:
