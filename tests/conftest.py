@@ -22,3 +22,14 @@ def dataset(tmp_path_factory, episodes) -> Path:
     root = tmp_path_factory.mktemp("minidroid")
     write_dataset(root, episodes)
     return root
+
+
+@pytest.fixture(scope="session")
+def sim_dataset(tmp_path_factory) -> Path:
+    """Three MiniDROID episodes at 24x40 (simulator-rendered, LeRobot layout), shared by the training tests."""
+    import persistworld_env  # noqa: F401  (headless rendering)
+    from persistworld_env.sim.generation import generate_dataset
+
+    root = tmp_path_factory.mktemp("sim_24x40") / "minidroid"
+    generate_dataset(root, 3, workers=1, height=24, width=40, progress=False)
+    return root

@@ -1,4 +1,5 @@
-"""Autoencoder: pixel/latent conversions, view stacking, save/load, SVD-VAE loading, training and resume."""
+"""Autoencoder: pixel/latent conversions, view stacking, save/load, SVD-VAE loading, training and resume,
+decoder-only fine-tuning and ``persistworld swap-decoder``."""
 from __future__ import annotations
 
 import json
@@ -16,19 +17,12 @@ from persistworld_env.models.image_codec import (
     LatentCodec, float_to_uint8, stack_views, uint8_to_float, unstack_views,
 )
 from persistworld_env.models.vae_quality import evaluate_reconstruction
-from training.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+from persistworld_env.models.world_model import MODEL_CARD, WorldModel
+from persistworld_env.sim.env import default_pose_normalizer
+from training.cli import main as cli_main
+from training.train_autoencoder import ENCODER_PREFIXES, AutoencoderTrainConfig, train_autoencoder
 
 H, W = 24, 40
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    import persistworld_env  # noqa: F401  (headless rendering)
-    from persistworld_env.sim.generation import generate_dataset
-
-    root = tmp_path_factory.mktemp("vae_data") / "minidroid"
-    generate_dataset(root, 2, workers=1, height=H, width=W, progress=False)
-    return root
 
 
 @pytest.fixture()
@@ -141,29 +135,114 @@ def _config(data, out, **kw) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig(**base)
 
 
-def test_tiny_training_run_lowers_loss_and_writes_a_loadable_model(tiny_dataset, tmp_path):
+def test_tiny_training_run_lowers_loss_and_writes_a_loadable_model(sim_dataset, tmp_path):
     out = tmp_path / "run"
-    summary = train_autoencoder(_config(tiny_dataset, out, steps=24, lr=5e-3, crop=(16, 24)))
+    summary = train_autoencoder(_config(sim_dataset, out, steps=24, lr=5e-3, crop=(16, 24)))
     losses = summary["loss_history"]
     assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4])
     assert set(summary["val_psnr"]) == set(CAMERAS) | {"mean"}
     assert (out / "model_card.md").is_file() and (out / "samples").is_dir() and any((out / "logs").iterdir())
     model = load_autoencoder(out)
     assert model.config.scaling_factor == pytest.approx(summary["scaling_factor"])
-    psnr = evaluate_reconstruction(out, tiny_dataset, split="val", val_episodes=[1], max_frames=4)
+    psnr = evaluate_reconstruction(out, sim_dataset, split="val", val_episodes=[1], max_frames=4)
     assert psnr["mean"] == pytest.approx(summary["val_psnr"]["mean"], abs=1e-6)
     with pytest.raises(FileExistsError):  # refuses to overwrite a run without --resume
-        train_autoencoder(_config(tiny_dataset, out))
+        train_autoencoder(_config(sim_dataset, out))
 
 
-def test_interrupted_then_resumed_training_equals_uninterrupted(tiny_dataset, tmp_path):
-    full = train_autoencoder(_config(tiny_dataset, tmp_path / "a"))
-    part = train_autoencoder(_config(tiny_dataset, tmp_path / "b", stop_after=3))
+def test_interrupted_then_resumed_training_equals_uninterrupted(sim_dataset, tmp_path):
+    full = train_autoencoder(_config(sim_dataset, tmp_path / "a"))
+    part = train_autoencoder(_config(sim_dataset, tmp_path / "b", stop_after=3))
     assert part["steps"] == 3 and not part["finished"]
-    resumed = train_autoencoder(_config(tiny_dataset, tmp_path / "b", resume=True))
+    resumed = train_autoencoder(_config(sim_dataset, tmp_path / "b", resume=True))
     assert resumed["steps"] == 6 and resumed["loss_history"] == full["loss_history"][3:]
     a, b = load_file(str(tmp_path / "a" / WEIGHTS_NAME)), load_file(str(tmp_path / "b" / WEIGHTS_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cfg_a = json.loads((tmp_path / "a" / "config.json").read_text())
     cfg_b = json.loads((tmp_path / "b" / "config.json").read_text())
     assert cfg_a["scaling_factor"] == cfg_b["scaling_factor"]
+
+
+# ------------------------------------------------------------------ decoder-only fine-tuning, swap-decoder
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W)
+    with torch.no_grad():  # a scaling factor that is not the default 1, so keeping it is visible
+        model.autoencoder.register_to_config(scaling_factor=0.625)
+    return str(model.save_pretrained(tmp_path_factory.mktemp("base") / "model", model_card="# base\n"))
+
+
+def test_decoder_fine_tune_keeps_the_encoder_and_scaling_factor_bit_for_bit(sim_dataset, base_model, tmp_path):
+    summary = train_autoencoder(_config(sim_dataset, tmp_path / "dec", init_from=base_model, train_part="decoder"))
+    before = WorldModel.from_pretrained(base_model).autoencoder
+    after = load_autoencoder(tmp_path / "dec")
+    assert after.config.scaling_factor == 0.625 == summary["scaling_factor"]
+    old, new = before.state_dict(), after.state_dict()
+    encoder_keys = [k for k in old if k.startswith(ENCODER_PREFIXES)]
+    decoder_keys = [k for k in old if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_keys and decoder_keys and len(encoder_keys) + len(decoder_keys) == len(old)
+    assert all(torch.equal(old[k], new[k]) for k in encoder_keys)
+    assert sum(not torch.equal(old[k], new[k]) for k in decoder_keys) > len(decoder_keys) // 2
+    assert "encoder frozen" in (tmp_path / "dec" / "model_card.md").read_text()
+
+
+def test_whole_fine_tune_from_a_model_recomputes_the_scaling_factor(sim_dataset, base_model, tmp_path):
+    summary = train_autoencoder(_config(sim_dataset, tmp_path / "all", init_from=base_model, steps=2))
+    assert summary["scaling_factor"] != 0.625
+    old = WorldModel.from_pretrained(base_model).autoencoder.state_dict()
+    new = load_autoencoder(tmp_path / "all").state_dict()
+    assert not torch.equal(old["encoder.conv_in.weight"], new["encoder.conv_in.weight"])
+
+
+def test_bad_decoder_training_requests_are_refused(sim_dataset, base_model, tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train_autoencoder(_config(sim_dataset, tmp_path / "a", train_part="decoder"))
+    with pytest.raises(ValueError, match="train_part"):
+        train_autoencoder(_config(sim_dataset, tmp_path / "b", init_from=base_model, train_part="encoder"))
+    with pytest.raises(ValueError, match="shape"):
+        train_autoencoder(_config(sim_dataset, tmp_path / "c", init_from=base_model, latent_channels=8))
+
+
+def _frames(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (1, 2, 3, H, W, 3), dtype=np.uint8)
+
+
+def test_swap_decoder_keeps_latents_and_denoiser_and_changes_decoding(sim_dataset, base_model, tmp_path):
+    vae_dir = tmp_path / "dec"
+    train_autoencoder(_config(sim_dataset, vae_dir, init_from=base_model, train_part="decoder"))
+    out = tmp_path / "swapped"
+    assert cli_main(["swap-decoder", "--model", base_model, "--autoencoder", str(vae_dir), "--out", str(out)]) == 0
+    old, new = WorldModel.from_pretrained(base_model), WorldModel.from_pretrained(out)
+    assert old.config.to_dict() == new.config.to_dict()
+    a, b = old.denoiser.state_dict(), new.denoiser.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    frames = _frames()
+    z_old, z_new = old.codec.encode_views(frames), new.codec.encode_views(frames)
+    assert torch.equal(z_old, z_new)
+    assert not np.array_equal(old.decode(z_old), new.decode(z_new))
+    card = (out / MODEL_CARD).read_text()
+    assert card.startswith("# base") and "Decoder replaced" in card and str(vae_dir) in card
+
+
+def _saved_variant(model_dir: str, out, change) -> str:
+    vae = WorldModel.from_pretrained(model_dir).autoencoder
+    change(vae)
+    vae.save_pretrained(str(out))
+    return str(out)
+
+
+def test_swap_decoder_refuses_a_different_latent_space_and_writes_nothing(base_model, tmp_path):
+    def move_encoder(vae):
+        with torch.no_grad():
+            vae.encoder.conv_in.weight.add_(1e-3)
+
+    other_encoder = _saved_variant(base_model, tmp_path / "enc", move_encoder)
+    other_scale = _saved_variant(base_model, tmp_path / "scale",
+                                 lambda vae: vae.register_to_config(scaling_factor=0.5))
+    for candidate, message in ((other_encoder, "encoder weight 'encoder.conv_in.weight'"),
+                               (other_scale, "scaling_factor")):
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit, match=message):
+            cli_main(["swap-decoder", "--model", base_model, "--autoencoder", candidate, "--out", str(out)])
+        assert not out.exists()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -91,15 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from persistworld_env.success import carry_success_detector
+    from training.checkpoints import save_derived_model
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         model = average_models(args.model, weights, command=getattr(args, "command_line", ""))
     except ValueError as e:
         raise SystemExit(f"persistworld average: {e}") from None
-    out = Path(args.out)
-    model.save_pretrained(out)
-    carry_success_detector(args.model[0], out)
+    out = save_derived_model(model, args.out, args.model[0])
     print(f"wrote {out} (the average of {len(args.model)} models)")
     return 0

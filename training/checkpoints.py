@@ -6,7 +6,8 @@ plus ``trainer_state.json`` (step and the run's config). It is written under a `
 renamed when complete, so an interrupted save never replaces a good checkpoint.
 
 Also the other pieces every trainer's run shares: :func:`start_run`, :func:`main_process_writer`
-(TensorBoard) and :func:`all_finite` (the collective NaN/inf guard).
+(TensorBoard), :func:`all_finite` (the collective NaN/inf guard), :func:`warmup_cosine` (an LR factor)
+and :func:`optimizer_step`.
 """
 from __future__ import annotations
 
@@ -106,3 +107,40 @@ def all_finite(accelerator, *values) -> bool:
 
     ok = all(bool(torch.isfinite(torch.as_tensor(v).detach()).all()) for v in values)
     return accelerator.reduce(torch.tensor([float(ok)], device=accelerator.device), "min").item() > 0
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True):
+    """LR factor of a step: linear warm-up to 1 over ``warmup_steps``, then cosine decay to 0 at
+    ``total_steps`` (or constant 1 when ``cosine`` is False). For ``torch.optim.lr_scheduler.LambdaLR``."""
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        if not cosine:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def optimizer_step(accelerator, loss, parameters, optimizer, scheduler, grad_clip: float) -> None:
+    """Backward of ``loss``, gradient-norm clipping of ``parameters`` (``grad_clip`` 0: off), an optimizer and
+    a scheduler step, and the gradients zeroed."""
+    accelerator.backward(loss)
+    if grad_clip and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def save_derived_model(model, out: str | os.PathLike, parent) -> Path:
+    """Save a world model derived from ``parent`` (a directory or ``'default'``) to ``out``, carrying the
+    parent's success detector over (it judges frames, not the world model's weights)."""
+    from persistworld_env.success import carry_success_detector
+
+    out = Path(out)
+    model.save_pretrained(out)
+    carry_success_detector(parent, out)
+    return out

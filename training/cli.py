@@ -14,6 +14,10 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pretrain", "training.pretrain", "pretrain the world model (EDM, teacher-forced); accelerate-ready"),
     ("posttrain", "training.posttrain", "RL post-training for long-horizon persistence (PersistWorld, DiffusionNFT); "
                                         "accelerate-ready"),
+    ("swap-decoder", "training.swap_decoder", "give a world model a fine-tuned decoder of the same latent space "
+                                              "(from train-vae --train decoder)"),
+    ("tune-decoder", "training.tune_decoder", "fine-tune a world model's decoder on the latents it generates in "
+                                              "replays (sharper, truer frames; denoiser unchanged)"),
     ("average", "training.average", "average the weights of several fine-tunes of one base model (a model soup)"),
     ("quality", "training.quality", "print a world model's fidelity on held-out episodes (VAE, one clip, replay)"),
     ("train-success", "training.train_success", "train the success detector (views + instruction -> P(success))"),

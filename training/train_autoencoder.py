@@ -6,6 +6,12 @@ MSE and image-gradient L1) on pixels in [-1, 1] + a small KL to N(0, 1) (per pix
 constant LR with warm-up, gradient clipping. Built on ``accelerate`` (one CPU process, or ``accelerate
 launch`` on GPUs with fp16/bf16).
 
+``--init-from DIR`` starts from a trained autoencoder (or a world model directory's ``autoencoder/``);
+with ``--train decoder`` only the decoder side (``post_quant_conv`` and ``decoder``) is trained and the
+encoder is frozen, so the latent space, and with it every world model trained on it, stays valid (the
+recipe of Stable Diffusion's fine-tuned "ft-MSE" decoder). The scaling factor is then kept, not
+recomputed; ``persistworld swap-decoder`` puts the new decoder into a world model.
+
 Output directory::
 
     config.json, diffusion_pytorch_model.safetensors   the trained model (scaling_factor = 1 / latent std)
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shlex
 import sys
 import time
@@ -34,10 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from persistworld_env.models.autoencoder import build_autoencoder, compute_scaling_factor
+from persistworld_env.models.autoencoder import build_autoencoder, compute_scaling_factor, load_autoencoder
 from persistworld_env.models.image_codec import LatentCodec, uint8_to_float
 from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
-from training.checkpoints import resume_checkpoint, save_checkpoint, start_run
+from persistworld_env.models.world_model import AUTOENCODER_DIR, EMBEDDED_MODELS, embedded_model_dir
+from training.checkpoints import optimizer_step, resume_checkpoint, save_checkpoint, start_run, warmup_cosine
 
 
 @dataclass
@@ -47,6 +53,8 @@ class AutoencoderTrainConfig:
     data_dir: str
     out_dir: str
     scale: str = "default"
+    init_from: str | None = None                 # start from this autoencoder (or world model) directory
+    train_part: str = "all"                      # "all", or "decoder" (encoder frozen: same latent space)
     latent_channels: int | None = None           # override of the scale's latent channels
     block_out_channels: tuple[int, ...] | None = None  # override of the scale's channels
     steps: int = 6000
@@ -91,15 +99,27 @@ class AutoencoderTrainConfig:
         return out
 
 
-class _PosteriorAutoencoder(nn.Module):
-    """``forward(x) -> (reconstruction, kl per image)``, so ``accelerate``/DDP sees one forward call."""
+#: Parameter-name prefixes of an ``AutoencoderKL``'s encoder side (they define the latent space).
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+TRAIN_PARTS = ("all", "decoder")
 
-    def __init__(self, vae: nn.Module):
+
+class _PosteriorAutoencoder(nn.Module):
+    """``forward(x) -> (reconstruction, kl per image)``, so ``accelerate``/DDP sees one forward call.
+
+    With ``train_encoder=False`` the encoder runs without gradients and its parameters are frozen.
+    """
+
+    def __init__(self, vae: nn.Module, train_encoder: bool = True):
         super().__init__()
-        self.vae = vae
+        self.vae, self.train_encoder = vae, train_encoder
+        for name, param in vae.named_parameters():
+            if name.startswith(ENCODER_PREFIXES):
+                param.requires_grad_(train_encoder)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None, sample: bool):
-        posterior = self.vae.encode(x).latent_dist
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator) if sample else posterior.mode()
         return self.vae.decode(z).sample, posterior.kl()
 
@@ -125,17 +145,6 @@ def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, kl: torch.Tensor
     return terms
 
 
-def _lr_lambda(config: AutoencoderTrainConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / max(1, config.warmup_steps)
-        if config.lr_schedule == "constant":
-            return 1.0
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def training_batch(config: AutoencoderTrainConfig, frames: SplitFrames, step: int, process: int,
                    grid: int) -> np.ndarray:
     """uint8 ``(batch * V, h, w, 3)`` images of one process at ``step``: a function of (seed, step, process)."""
@@ -158,6 +167,25 @@ def random_crops(images: np.ndarray, crop: tuple[int, int] | None, grid: int,
     return np.stack([img[y:y + ch, x:x + cw] for img, y, x in zip(images, ys, xs)])
 
 
+def initial_autoencoder(config: AutoencoderTrainConfig, height: int) -> nn.Module:
+    """The autoencoder a run starts from: ``config.init_from``'s weights, or a new one of ``config.scale``."""
+    if config.train_part not in TRAIN_PARTS:
+        raise ValueError(f"train_part must be one of {TRAIN_PARTS}, got {config.train_part!r}")
+    if config.init_from is None:
+        if config.train_part != "all":
+            raise ValueError("training only the decoder needs a trained autoencoder: pass init_from (--init-from)")
+        vae = build_autoencoder(config.scale, **config.model_overrides(), sample_size=height)
+    else:
+        if config.model_overrides():
+            raise ValueError("latent_channels / block_out_channels cannot change an initial autoencoder's shape")
+        name = config.init_from
+        source = embedded_model_dir(name) if name in EMBEDDED_MODELS else Path(name)
+        vae = load_autoencoder(source / AUTOENCODER_DIR if (source / AUTOENCODER_DIR).is_dir() else source)
+    if type(vae).__name__ != "AutoencoderKL":
+        raise ValueError(f"{type(vae).__name__} is not trainable here (only AutoencoderKL)")
+    return vae
+
+
 def _step_generator(config: AutoencoderTrainConfig, step: int, process: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step, process, 1]).generate_state(1)[0]))
 
@@ -176,6 +204,15 @@ def _save_grid(path: Path, originals: np.ndarray, recons: np.ndarray) -> np.ndar
     return grid
 
 
+def _origin(config: AutoencoderTrainConfig) -> str:
+    if config.init_from is None:
+        return "trained from scratch (encoder and decoder)"
+    if config.train_part == "decoder":
+        return (f"decoder fine-tuned from `{config.init_from}` with the encoder frozen: same latents and scaling "
+                "factor, so world models trained on that autoencoder can use this decoder (`persistworld swap-decoder`)")
+    return f"fine-tuned from `{config.init_from}` (encoder and decoder: a new latent space)"
+
+
 def _model_card(config: AutoencoderTrainConfig, model_config: dict, summary: dict) -> str:
     psnr = "\n".join(f"| {cam} | {value:.2f} |" for cam, value in summary["val_psnr"].items())
     return f"""# PersistWorld autoencoder (`{config.scale}` scale)
@@ -186,6 +223,7 @@ A diffusers `AutoencoderKL` trained by `training/train_autoencoder.py` on single
 - data: `{config.data_dir}` ({summary['train_episodes']} training episodes, {summary['val_episodes']} validation
   episodes; frames {config.frame_step} ticks apart: {summary['train_frames']} / {summary['val_frames']} frames)
 - command: `{config.command or '(python API)'}`
+- {_origin(config)}
 - steps: {summary['steps']} x batch {config.batch_size} frames (x cameras images), crops {config.crop or 'none'}; \
 training time of the last session {summary['train_seconds']:.0f} s
 - latent: {model_config['latent_channels']} channels, downsampling {2 ** (len(model_config['block_out_channels']) - 1)}x;
@@ -222,13 +260,13 @@ def train_autoencoder(config: AutoencoderTrainConfig) -> dict:
     val_frames = SplitFrames(config.data_dir, "val", **split)
     height, width = train_frames.image_shape()
 
-    vae = build_autoencoder(config.scale, **config.model_overrides(), sample_size=height)
-    if type(vae).__name__ != "AutoencoderKL":
-        raise ValueError(f"scale {config.scale!r} is not trainable here (only AutoencoderKL scales)")
-    net = _PosteriorAutoencoder(vae)
+    vae = initial_autoencoder(config, height)
+    net = _PosteriorAutoencoder(vae, train_encoder=config.train_part == "all")
     grid = 2 ** (len(vae.config.block_out_channels) - 1)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, config.steps, cosine=config.lr_schedule == "cosine"))
     net, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
 
     step = 0
@@ -272,12 +310,7 @@ def train_autoencoder(config: AutoencoderTrainConfig) -> dict:
         with accelerator.autocast():
             recon, kl = net(x, _step_generator(config, step, accelerator.process_index), config.sample_posterior)
         terms = autoencoder_loss(recon, x, kl, config)
-        accelerator.backward(terms["total"])
-        if config.grad_clip and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, terms["total"], trainable, optimizer, scheduler, config.grad_clip)
         step += 1
         losses = {k: float(v.detach()) for k, v in terms.items()}
         loss_history.append(losses["total"])
@@ -304,12 +337,15 @@ def train_autoencoder(config: AutoencoderTrainConfig) -> dict:
             writer.close()
         return {**summary, "loss_history": loss_history}
 
-    # final: scaling factor, validation PSNR, diffusers directory and model card
-    scale_idx = train_frames.evenly_spaced(config.scaling_frames)
-    scale_batches = (uint8_to_float(train_frames.get(scale_idx[i:i + 64])).flatten(0, 1)
-                     for i in range(0, len(scale_idx), 64))
+    # final: scaling factor (kept when the encoder was frozen), validation PSNR, diffusers directory and model card
     unwrapped.eval()
-    scaling_factor = compute_scaling_factor(unwrapped, scale_batches)
+    if config.train_part == "decoder":
+        scaling_factor = float(unwrapped.config.scaling_factor)
+    else:
+        scale_idx = train_frames.evenly_spaced(config.scaling_frames)
+        scale_batches = (uint8_to_float(train_frames.get(scale_idx[i:i + 64])).flatten(0, 1)
+                         for i in range(0, len(scale_idx), 64))
+        scaling_factor = compute_scaling_factor(unwrapped, scale_batches)
     unwrapped.register_to_config(scaling_factor=scaling_factor, sample_size=height)
     psnr = evaluate(step)
     summary.update(val_psnr=psnr, val_psnr_frames=len(val_idx), scaling_factor=scaling_factor,
@@ -332,6 +368,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="LeRobot-layout dataset directory (e.g. MiniDROID)")
     parser.add_argument("--out", required=True, help="output directory (model, checkpoints, logs)")
     parser.add_argument("--scale", default=d.scale, choices=["tiny", "default"], help=f"model size ({d.scale})")
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="start from this trained autoencoder, or a world model directory's autoencoder/ "
+                             "('default': the embedded model's)")
+    parser.add_argument("--train", dest="train_part", choices=TRAIN_PARTS, default=d.train_part,
+                        help="what to train: all, or decoder (encoder frozen, latent space and scaling factor kept; "
+                             "needs --init-from) (all)")
     parser.add_argument("--latent-channels", type=int, default=None, help="override the scale's latent channels")
     parser.add_argument("--block-out-channels", type=int, nargs="+", default=None, help="override its channels")
     parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps ({d.steps})")
@@ -366,7 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, command: str | None = None) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig(
-        data_dir=args.data, out_dir=args.out, scale=args.scale, latent_channels=args.latent_channels,
+        data_dir=args.data, out_dir=args.out, scale=args.scale, init_from=args.init_from, train_part=args.train_part,
+        latent_channels=args.latent_channels,
         block_out_channels=tuple(args.block_out_channels) if args.block_out_channels else None,
         steps=args.steps, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,

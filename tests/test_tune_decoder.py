@@ -1,0 +1,94 @@
+"""``persistworld tune-decoder``: the decoder fine-tuned on the model's own replay latents."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from persistworld_env.constants import EXTERIOR_CAMERAS
+from persistworld_env.models.image_codec import uint8_to_float
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.sim.env import default_pose_normalizer
+from training.cli import main as cli_main
+from training.train_autoencoder import ENCODER_PREFIXES
+from training.tune_decoder import PAIRS_FILE, DecoderTuneConfig, decoded_output, tune_decoder
+
+H, W = 24, 40
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W,
+                             reference_cameras=EXTERIOR_CAMERAS)
+    return str(model.save_pretrained(tmp_path_factory.mktemp("tune_base") / "model", model_card="# base\n"))
+
+
+def _config(model, data, out, **kw) -> DecoderTuneConfig:
+    base = dict(model=str(model), data_dir=str(data), out_dir=str(out), episodes=2, horizon=2, val_every=2,
+                replay_batch=2, steps=8, batch_size=4, lr=2e-3, warmup_steps=1, eval_every=4, checkpoint_every=4,
+                progress=False)
+    base.update(kw)
+    return DecoderTuneConfig(**base)
+
+
+def test_decoded_output_is_what_the_rollout_decodes(model_dir):
+    model = WorldModel.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (2, 3, H, W, 3), dtype=np.uint8)
+    z_ref = model.codec.encode_views(ref[:, None])[:, 0]
+    z = z_ref + torch.from_numpy(rng.normal(0, 0.3, z_ref.shape).astype(np.float32))
+    mask = torch.tensor([1.0, 1.0, 0.0])
+    with torch.no_grad():
+        ours = decoded_output(model.autoencoder, z, uint8_to_float(ref), z_ref, mask, model.codec.scaling_factor)
+        # the inference path: LatentCodec decoding plus WorldModel.reference_correction
+        expected = model.codec.decode_views_float(z[:, None], 3)[:, 0] + model.reference_correction(ref, z_ref)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    plain = model.codec.decode_views_float(z[:, None], 3)[:, 0]
+    assert torch.allclose(ours[:, 2], plain[:, 2], atol=1e-5) and not torch.allclose(ours[:, 0], plain[:, 0])
+
+
+def test_tuning_trains_only_the_decoder_and_writes_a_loadable_model(sim_dataset, model_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = tune_decoder(_config(model_dir, sim_dataset, out, steps=16))
+    assert summary["finished"] and summary["train_episodes"] == 1 and summary["val_episodes"] == 1
+    assert set(summary["val_psnr"]) == {"exterior_1_left", "exterior_2_left", "wrist_left", "mean"}
+    losses = summary["loss_history"]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    old, new = WorldModel.from_pretrained(model_dir), WorldModel.from_pretrained(out / "model")
+    a, b = old.autoencoder.state_dict(), new.autoencoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(ENCODER_PREFIXES))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    da, db = old.denoiser.state_dict(), new.denoiser.state_dict()
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    assert new.autoencoder.config.scaling_factor == old.autoencoder.config.scaling_factor
+    with np.load(out / PAIRS_FILE) as pairs:
+        assert pairs["generated"].shape[:2] == (2, 8) and pairs["truth"].shape == (2, 8, 3, H, W, 3)
+    card = (out / "model" / "README.md").read_text()
+    assert card.startswith("# base") and "tune-decoder" in card
+
+
+def test_interrupted_then_resumed_tuning_equals_uninterrupted(sim_dataset, model_dir, tmp_path):
+    full = tune_decoder(_config(model_dir, sim_dataset, tmp_path / "a"))
+    part = tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", stop_after=4))
+    assert part["steps"] == 4 and not part["finished"] and not (tmp_path / "b" / "model").exists()
+    resumed = tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", resume=True))
+    assert resumed["loss_history"] == full["loss_history"][4:]
+    a = WorldModel.from_pretrained(tmp_path / "a" / "model").autoencoder.state_dict()
+    b = WorldModel.from_pretrained(tmp_path / "b" / "model").autoencoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_requests_get_clear_errors(sim_dataset, model_dir, tmp_path):
+    with pytest.raises(ValueError, match="real_fraction"):
+        tune_decoder(_config(model_dir, sim_dataset, tmp_path / "a", real_fraction=1.0))
+    with pytest.raises(ValueError, match="val_every"):
+        tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", episodes=1))
+    with pytest.raises(SystemExit, match="long enough"):
+        cli_main(["tune-decoder", "--model", model_dir, "--data", str(sim_dataset), "--out", str(tmp_path / "c"),
+                  "--horizon", "500", "--episodes", "2", "--val-every", "2", "--no-progress"])
+    broken = tmp_path / "d"
+    broken.mkdir()
+    (broken / PAIRS_FILE).write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="corrupt"):
+        tune_decoder(_config(model_dir, sim_dataset, broken))

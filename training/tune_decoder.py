@@ -1,0 +1,346 @@
+"""``persistworld tune-decoder``: fine-tune a world model's decoder on the latents the model itself generates.
+
+An autoencoder's decoder is trained on the encoder's latents of real frames. A world model's decoder sees
+something else: the denoiser's sampled latents, a little off, and after a few autoregressive steps further
+off. A decoder that reconstructs real latents better can render those worse (sharper errors); see
+``persistworld train-vae --train decoder``. This command trains the decoder for what it is used for:
+
+1. **Collect**: replay training episodes with the model (from their first frame, on their recorded poses,
+   as ``persistworld evaluate`` does) and keep, for every generated frame, the sampled latent, the latent of
+   the real frame at that instant and the real frame; plus each episode's reference (first) frame.
+   Saved once as ``<out>/pairs.npz``; ``--resume`` reuses it.
+2. **Train** the decoder side (``post_quant_conv`` + ``decoder``; encoder frozen, so the latent space and
+   the denoiser are untouched) on MSE (+ optional L1) between what the model would output and the real
+   frame. For the reference cameras that output is ``ref + D(z) - D(z_ref)`` exactly as the rollout decodes
+   it, so the gradient also flows through the reference's decoding. A share ``--real-fraction`` of the
+   inputs are real-frame latents, so the decoder still reconstructs real latents.
+3. **Validate** on held-out replays (every ``--val-every``-th collected episode): per-camera PSNR of the
+   decoded generated frames against the real ones, before and during training.
+
+Output ``<out>/model``: the world model with the tuned autoencoder (denoiser, normalisation, sampler and
+success detector unchanged; the model card records the run). Checkpoints are atomic and resume exactly
+(a batch depends only on seed, step and process).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from persistworld_env.models.image_codec import uint8_to_float, unstack_views
+from persistworld_env.models.world_model import WorldModel
+from training.checkpoints import (main_process_writer, optimizer_step, resume_checkpoint, save_checkpoint,
+                                  save_derived_model, start_run, warmup_cosine)
+from training.train_autoencoder import ENCODER_PREFIXES
+
+PAIRS_FILE = "pairs.npz"
+
+
+@dataclass
+class DecoderTuneConfig:
+    """Everything a run depends on (saved with every checkpoint and in the model card)."""
+
+    model: str
+    data_dir: str
+    out_dir: str
+    episodes: int = 96                 # training episodes replayed for pairs (the first that are long enough)
+    horizon: int = 14                  # replay steps of 0.8 s per episode
+    val_every: int = 8                 # every k-th collected episode is held out for validation
+    replay_batch: int = 8
+    steps: int = 1500
+    batch_size: int = 16               # generated frames per step, each with every camera
+    real_fraction: float = 0.25        # share of inputs that are real-frame latents
+    lr: float = 2e-4
+    warmup_steps: int = 50
+    l1_weight: float = 0.0             # on top of the pixel MSE
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_mod: int = 100                 # the dataset's validation split (never replayed here)
+    val_rem: int = 99
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    resume: bool = False
+    stop_after: int | None = None      # stop (with a checkpoint) after this step; --resume continues
+    num_threads: int | None = None
+    mixed_precision: str = "no"
+    progress: bool = True
+    command: str | None = None
+
+    def validate(self) -> None:
+        if not 0.0 <= self.real_fraction < 1.0:
+            raise ValueError(f"real_fraction must be in [0, 1), got {self.real_fraction}")
+        if self.episodes < 2 or self.val_every < 2 or self.episodes < self.val_every:
+            raise ValueError(f"need episodes >= val_every >= 2 (episodes {self.episodes}, val_every {self.val_every})")
+        for name in ("horizon", "steps", "batch_size", "replay_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------------------- collect
+@torch.no_grad()
+def collect_pairs(model: WorldModel, config: DecoderTuneConfig) -> dict[str, np.ndarray]:
+    """Replay ``config.episodes`` training episodes; arrays per episode (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from persistworld_env.data.dataset import WorldModelDataset
+    from persistworld_env.replay import load_replay_episode, select_replay_episodes
+    from persistworld_env.rollout import RolloutEngine
+
+    train = WorldModelDataset(config.data_dir, "train", val_mod=config.val_mod, val_rem=config.val_rem)
+    chosen = select_replay_episodes(train.reader, train.episodes, config.horizon, config.episodes)
+    if len(chosen) < config.episodes:
+        raise ValueError(f"{config.data_dir} has {len(chosen)} training episodes long enough for {config.horizon} "
+                         f"replay steps, {config.episodes} asked (generate longer ones with --min-seconds)")
+    engine = RolloutEngine(model)
+    out: dict[str, list] = {k: [] for k in ("episode", "generated", "real", "truth", "reference", "reference_latent")}
+    for start in tqdm(range(0, len(chosen), config.replay_batch), desc="replays", disable=not config.progress):
+        eps = [load_replay_episode(train.reader, e, config.horizon) for e in chosen[start:start + config.replay_batch]]
+        engine.reset(np.stack([ep.first_frames for ep in eps]), np.stack([ep.first_pose for ep in eps]),
+                     [ep.instruction for ep in eps], seeds=[config.seed + e.episode_index for e in eps])
+        generated = torch.cat([engine.step(np.stack([ep.poses[k] for ep in eps]), decode=False).latents.cpu()
+                               for k in range(config.horizon)], dim=1)  # (B, horizon * 4, C, V*h, w)
+        truth = np.stack([ep.frames.reshape(-1, *ep.frames.shape[2:]) for ep in eps])  # (B, T, V, H, W, 3)
+        reference = np.stack([ep.first_frames for ep in eps])
+        out["episode"].append(np.array([ep.episode_index for ep in eps]))
+        out["generated"].append(generated.numpy())
+        out["real"].append(model.codec.encode_views(truth).cpu().numpy())
+        out["truth"].append(truth)
+        out["reference"].append(reference)
+        out["reference_latent"].append(model.codec.encode_views(reference[:, None])[:, 0].cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _save_pairs(path: Path, pairs: dict[str, np.ndarray]) -> None:
+    from persistworld_env.data.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **pairs)
+
+
+def _load_pairs(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as e:  # zipfile / pickle / value errors of a truncated file
+        raise ValueError(f"cannot read {path} (truncated or corrupt? delete it to collect again): {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def decoded_output(vae: torch.nn.Module, latents: torch.Tensor, reference: torch.Tensor,
+                   reference_latent: torch.Tensor, reference_mask: torch.Tensor, scaling: float,
+                   shift: float = 0.0) -> torch.Tensor:
+    """What the world model outputs for scaled latents (N, C, V*h, w), with gradients (float (N, V, 3, H, W)).
+
+    Cameras with ``reference_mask`` 1 are decoded relative to their reference frame (float (N, V, 3, H, W) in
+    [-1, 1], latent (N, C, V*h, w)): ``ref + D(z) - D(z_ref)``; the others plainly: ``D(z)``.
+    """
+    views = reference.shape[1]
+
+    def decode(z: torch.Tensor) -> torch.Tensor:  # (N, C, V*h, w) -> (N, V, 3, H, W)
+        per_view = unstack_views(z[:, None], views)[:, 0]  # (N, V, C, h, w)
+        x = vae.decode(per_view.flatten(0, 1) / scaling + shift).sample
+        return x.reshape(z.shape[0], views, *x.shape[1:])
+
+    out = decode(latents)
+    if bool(reference_mask.any()):
+        out = out + reference_mask[None, :, None, None, None] * (reference - decode(reference_latent))
+    return out
+
+
+def pixel_loss(output: torch.Tensor, truth: torch.Tensor, l1_weight: float) -> torch.Tensor:
+    """MSE (+ ``l1_weight`` x L1) of float images in [-1, 1]."""
+    diff = output.float() - truth.float()
+    return (diff ** 2).mean() + (l1_weight * diff.abs().mean() if l1_weight else 0.0)
+
+
+def training_batch(pairs: dict[str, np.ndarray], train_rows: np.ndarray, config: DecoderTuneConfig, step: int,
+                   process: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, frames, use_real) of one process at ``step``: a function of (seed, step, process)."""
+    rng = np.random.default_rng((config.seed, step, process, 7))
+    rows = rng.choice(train_rows, size=config.batch_size)
+    frames = rng.integers(0, pairs["generated"].shape[1], size=config.batch_size)
+    return rows, frames, rng.random(config.batch_size) < config.real_fraction
+
+
+# --------------------------------------------------------------------------------------------- train
+def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
+    """Collect (or reuse) the pairs, train the decoder, write ``<out>/model``; returns a summary."""
+    from tqdm.auto import tqdm
+
+    config.validate()
+    out_dir = Path(config.out_dir)
+    accelerator, resume_from = start_run(out_dir, config.resume, config.mixed_precision, config.seed,
+                                         config.num_threads)
+    model = WorldModel.from_pretrained(config.model)
+    pairs_path = out_dir / PAIRS_FILE
+    if accelerator.is_main_process and not pairs_path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _save_pairs(pairs_path, collect_pairs(model, config))
+    accelerator.wait_for_everyone()
+    pairs = _load_pairs(pairs_path)
+    held_out = np.arange(len(pairs["episode"])) % config.val_every == config.val_every - 1
+    train_rows, val_rows = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+
+    vae = model.autoencoder.train()
+    for name, param in vae.named_parameters():
+        param.requires_grad_(not name.startswith(ENCODER_PREFIXES))
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
+    vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
+    net = accelerator.unwrap_model(vae)
+    device, cameras = accelerator.device, model.config.cameras
+    mask = torch.tensor([c in model.config.reference_cameras for c in cameras], dtype=torch.float32, device=device)
+    scaling, shift = model.codec.scaling_factor, model.codec.shift_factor
+
+    def batch_tensors(rows: np.ndarray, frames: np.ndarray, use_real: np.ndarray):
+        source = np.where(use_real[:, None, None, None], pairs["real"][rows, frames], pairs["generated"][rows, frames])
+        as_float = lambda u: uint8_to_float(u, device=device)  # noqa: E731  (N, V, H, W, 3) -> (N, V, 3, H, W)
+        return (torch.from_numpy(source).to(device), as_float(pairs["reference"][rows]),
+                torch.from_numpy(pairs["reference_latent"][rows]).to(device), as_float(pairs["truth"][rows, frames]))
+
+    @torch.no_grad()
+    def validation_psnr() -> dict[str, float]:
+        net.eval()
+        sq = torch.zeros(len(cameras))
+        count = 0
+        for row in val_rows:
+            frames = np.arange(pairs["generated"].shape[1])
+            z, ref, zref, truth = batch_tensors(np.full(len(frames), row), frames, np.zeros(len(frames), bool))
+            output = decoded_output(net, z, ref, zref, mask, scaling, shift).clamp(-1, 1)
+            # PSNR of the rounded uint8 frames (data range 1), as every metric of the project
+            output_u8 = ((output + 1) * 127.5).round() / 255.0
+            err = ((output_u8 - (truth + 1) / 2) ** 2).mean(dim=(2, 3, 4))  # (frames, V)
+            sq += (-10 * torch.log10(err.clamp_min(1e-10))).sum(0).cpu()
+            count += len(frames)
+        net.train()
+        values = {cam: float(v) for cam, v in zip(cameras, sq / max(1, count))}
+        return {**values, "mean": float(np.mean(list(values.values())))}
+
+    step = 0
+    if resume_from is not None:
+        step = int(resume_checkpoint(accelerator, resume_from)["step"])
+    writer = main_process_writer(accelerator, out_dir)
+    before = validation_psnr() if step == 0 else None
+    if before is not None and writer is not None:
+        for cam, value in before.items():
+            writer.add_scalar(f"val/psnr_{cam}", value, 0)
+    bar = tqdm(total=config.steps, initial=step, desc="decoder", unit="step",
+               disable=not (config.progress and accelerator.is_main_process))
+    losses: list[float] = []
+    start_time = time.perf_counter()
+    last_step = min(config.steps, config.stop_after if config.stop_after is not None else config.steps)
+    while step < last_step:
+        rows, frames, use_real = training_batch(pairs, train_rows, config, step, accelerator.process_index)
+        z, ref, zref, truth = batch_tensors(rows, frames, use_real)
+        with accelerator.autocast():
+            output = decoded_output(vae, z, ref, zref, mask, scaling, shift)
+        loss = pixel_loss(output, truth, config.l1_weight)
+        optimizer_step(accelerator, loss, trainable, optimizer, scheduler, config.grad_clip)
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        if writer is not None:
+            writer.add_scalar("train/loss", losses[-1], step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        if step % config.eval_every == 0 or step == config.steps:
+            val = validation_psnr()
+            bar.write(f"step {step}: held-out replay PSNR " + ", ".join(f"{k} {v:.2f}" for k, v in val.items()))
+            if writer is not None:
+                for cam, value in val.items():
+                    writer.add_scalar(f"val/psnr_{cam}", value, step)
+        if step % config.checkpoint_every == 0 or step == last_step:
+            save_checkpoint(accelerator, out_dir, step, {"config": dataclasses.asdict(config)},
+                            keep=config.keep_checkpoints)
+    bar.close()
+    if step < config.steps:  # stopped early on purpose: the checkpoint is the result
+        if writer is not None:
+            writer.close()
+        return {"steps": step, "loss_history": losses, "finished": False}
+    after = validation_psnr()
+    summary = {"steps": step, "finished": True, "train_seconds": time.perf_counter() - start_time, "val_psnr": after,
+               "val_psnr_before": before, "train_episodes": len(train_rows), "val_episodes": len(val_rows),
+               "frames_per_episode": int(pairs["generated"].shape[1]), "loss_history": losses}
+    if accelerator.is_main_process:
+        net.eval()
+        model.model_card = _model_card(model.model_card, config, summary)
+        save_derived_model(model, out_dir / "model", config.model)
+        (out_dir / "training_summary.json").write_text(
+            json.dumps({k: v for k, v in summary.items() if k != "loss_history"}, indent=2))
+        writer.close()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
+    before = summary["val_psnr_before"]
+    rows = "\n".join(f"| {cam} | {before[cam]:.2f} | {value:.2f} |" if before else f"| {cam} | | {value:.2f} |"
+                     for cam, value in summary["val_psnr"].items())
+    return (card.rstrip() + f"""
+
+## Decoder tuned on the model's own latents (`persistworld tune-decoder`)
+
+The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
+generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
+against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame latents).
+Figures above that involve decoding were measured with the previous decoder.
+
+- command: `{config.command or '(python API)'}`
+
+Held-out replays ({summary['val_episodes']} episodes, every frame; PSNR in dB of the generated frames):
+
+| camera | previous decoder | tuned decoder |
+|---|---|---|
+{rows}
+""")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = DecoderTuneConfig(model="", data_dir="", out_dir="")
+    parser.add_argument("--model", required=True, help="world model directory (or 'default')")
+    parser.add_argument("--data", required=True, help="dataset whose training episodes are replayed (long ones: "
+                                                      "generate with --min-seconds 12 for 14 steps)")
+    parser.add_argument("--out", required=True, help="run directory (pairs, checkpoints, logs, model/)")
+    for name, help_text in (("episodes", "training episodes replayed"), ("horizon", "replay steps per episode"),
+                            ("val_every", "every k-th replayed episode is held out"),
+                            ("replay_batch", "episodes replayed at once"), ("steps", "training steps"),
+                            ("batch_size", "generated frames per step"), ("warmup_steps", "learning-rate warm-up"),
+                            ("seed", "sampling and batch seed"), ("eval_every", "steps between validations"),
+                            ("checkpoint_every", "steps between checkpoints")):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                            help=f"{help_text} ({getattr(d, name)})")
+    for name, help_text in (("real_fraction", "share of inputs that are real-frame latents"),
+                            ("lr", "peak learning rate (cosine decay)"), ("l1_weight", "L1 weight on top of MSE"),
+                            ("grad_clip", "max gradient norm, 0 = off")):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                            help=f"{help_text} ({getattr(d, name)})")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    names = {f.name for f in dataclasses.fields(DecoderTuneConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    command = getattr(args, "command_line", None) or " ".join(shlex.quote(a) for a in sys.argv)
+    config = DecoderTuneConfig(**{**values, "data_dir": args.data, "out_dir": args.out,
+                                  "progress": not args.no_progress, "command": command})
+    try:
+        summary = tune_decoder(config)
+    except ValueError as e:
+        raise SystemExit(f"persistworld tune-decoder: {e}") from None
+    print(json.dumps({k: summary[k] for k in ("steps", "val_psnr_before", "val_psnr")}, indent=2))
+    return 0
