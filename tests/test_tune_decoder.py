@@ -46,6 +46,10 @@ def test_decoded_output_is_what_the_rollout_decodes(model_dir):
     assert torch.allclose(ours, expected, atol=1e-5)
     plain = model.codec.decode_views_float(z[:, None], 3)[:, 0]
     assert torch.allclose(ours[:, 2], plain[:, 2], atol=1e-5) and not torch.allclose(ours[:, 0], plain[:, 0])
+    with torch.no_grad():  # a per-sample mask: sample 0 relative on the exterior cameras, sample 1 plain everywhere
+        mixed = decoded_output(model.autoencoder, z, uint8_to_float(ref), z_ref, torch.tensor([[1.0, 1, 0], [0, 0, 0]]),
+                               model.codec.scaling_factor)
+    assert torch.allclose(mixed[0], expected[0], atol=1e-5) and torch.allclose(mixed[1], plain[1], atol=1e-5)
 
 
 def test_tuning_trains_only_the_decoder_and_writes_a_loadable_model(sim_dataset, model_dir, tmp_path):
@@ -82,6 +86,8 @@ def test_interrupted_then_resumed_tuning_equals_uninterrupted(sim_dataset, model
 def test_bad_requests_get_clear_errors(sim_dataset, model_dir, tmp_path):
     with pytest.raises(ValueError, match="real_fraction"):
         tune_decoder(_config(model_dir, sim_dataset, tmp_path / "a", real_fraction=1.0))
+    with pytest.raises(ValueError, match="real_decoding"):
+        tune_decoder(_config(model_dir, sim_dataset, tmp_path / "e", real_decoding="absolute"))
     with pytest.raises(ValueError, match="val_every"):
         tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", episodes=1))
     with pytest.raises(SystemExit, match="long enough"):
@@ -92,3 +98,12 @@ def test_bad_requests_get_clear_errors(sim_dataset, model_dir, tmp_path):
     (broken / PAIRS_FILE).write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="corrupt"):
         tune_decoder(_config(model_dir, sim_dataset, broken))
+
+
+def test_a_missing_model_directory_is_a_clear_command_error(sim_dataset, tmp_path):
+    with pytest.raises(SystemExit, match="not a PersistWorld model directory"):
+        cli_main(["tune-decoder", "--model", str(tmp_path / "nowhere"), "--data", str(sim_dataset),
+                  "--out", str(tmp_path / "out"), "--no-progress"])
+    with pytest.raises(SystemExit, match="not a PersistWorld model directory"):
+        cli_main(["swap-decoder", "--model", str(tmp_path / "nowhere"), "--autoencoder", str(tmp_path),
+                  "--out", str(tmp_path / "out2")])

@@ -16,7 +16,7 @@ import argparse
 import torch
 from torch import nn
 
-from persistworld_env.models.autoencoder import load_autoencoder
+from persistworld_env.models.autoencoder import ModelLoadError, load_autoencoder
 from persistworld_env.models.world_model import WorldModel
 from training.train_autoencoder import ENCODER_PREFIXES
 
@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         model = swap_decoder(args.model, args.autoencoder, command=getattr(args, "command_line", ""))
-    except ValueError as e:
+    except (ValueError, ModelLoadError) as e:
         raise SystemExit(f"persistworld swap-decoder: {e}") from None
     out = save_derived_model(model, args.out, args.model)
     print(f"wrote {out} ({args.model} with the decoder of {args.autoencoder})")
