@@ -36,3 +36,26 @@ def one_step_fidelity(model: WorldModel, dataset: WorldModelDataset, indices: Se
         scores["baseline_ssim"].append(ssim(repeat, truth).mean(1))
     merged = {k: np.concatenate(v) for k, v in scores.items()}
     return {cam: {k: float(np.mean(v[:, i])) for k, v in merged.items()} for i, cam in enumerate(model.config.cameras)}
+
+
+@torch.no_grad()
+def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int], batch_size: int = 32) -> dict:
+    """Per camera (and ``"mean"``): PSNR of encode -> decode of real frames *as the model decodes them*.
+
+    For the model's ``reference_cameras`` that is ``ref + D(E(x)) - D(E(ref))`` with ``ref`` the first frame of
+    the frame's episode (:meth:`WorldModel.reference_correction`); for the others plain ``D(E(x))``. ``frames``
+    is a :class:`persistworld_env.models.vae_quality.SplitFrames`; first frames of episodes are skipped (they
+    are their own reference, reproduced exactly).
+    """
+    indices = [int(i) for i in indices if frames.locate(int(i))[1] > 0]
+    if not indices:
+        raise ValueError("no frames to measure besides the episodes' first frames")
+    values = []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        x = frames.get(chunk)[:, None]  # (N, 1, V, H, W, 3)
+        refs = frames.get([i - frames.locate(i)[1] for i in chunk])  # (N, V, H, W, 3)
+        correction = model.reference_correction(refs, model.codec.encode_views(refs[:, None])[:, 0])
+        values.append(psnr(x, model.decode(model.codec.encode_views(x), correction))[:, 0])  # (N, V)
+    per = np.concatenate(values).mean(0)
+    return {**{cam: float(per[v]) for v, cam in enumerate(model.config.cameras)}, "mean": float(per.mean())}

@@ -20,7 +20,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     from persistworld_env.data.dataset import WorldModelDataset
     from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
     from persistworld_env.models.world_model import WorldModel
-    from persistworld_env.quality import one_step_fidelity
+    from persistworld_env.quality import decoded_reconstruction_psnr, one_step_fidelity
     from persistworld_env.replay import fidelity, load_replay_episode, rollout_replay, select_replay_episodes
     from persistworld_env.rollout import RolloutEngine
     from persistworld_env.visualization import comparison_frames, write_video
@@ -33,12 +33,13 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
         raise ValueError(f"{data_dir} has no validation episodes (set --val-episodes or --val-mod/--val-rem)")
     frames = SplitFrames(data_dir, "val", max_episodes=episodes, **split)
     vae = reconstruction_psnr(model.codec, frames, frames.evenly_spaced(256))
+    vae_as_decoded = decoded_reconstruction_psnr(model, frames, frames.evenly_spaced(256))
     one_step = one_step_fidelity(model, val, np.linspace(0, len(val) - 1, min(samples, len(val))).astype(int).tolist(),
                                  seed=seed)
     reader = val.reader
     eligible = select_replay_episodes(reader, val.episodes, steps, episodes)
     result: dict = {"model": str(model_dir), "data": str(data_dir), "cameras": list(model.config.cameras),
-                    "vae_psnr": vae, "one_step": one_step, "replay": {}}
+                    "vae_psnr": vae, "vae_psnr_as_decoded": vae_as_decoded, "one_step": one_step, "replay": {}}
     if eligible:
         eps = [load_replay_episode(reader, e, steps) for e in eligible]
         generated = rollout_replay(RolloutEngine(model), eps, steps, seeds=list(range(len(eps))))
@@ -58,7 +59,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"quality of {result['model']}")
-    cols = ["camera", "VAE PSNR", "1-step PSNR", "repeat PSNR", "1-step SSIM", "repeat SSIM"]
+    cols = ["camera", "VAE PSNR", "VAE PSNR as decoded", "1-step PSNR", "repeat PSNR", "1-step SSIM", "repeat SSIM"]
     replay = result["replay"]
     if replay:
         n = replay["steps"]
@@ -68,7 +69,7 @@ def print_table(result: dict) -> None:
         table.add_column(c, justify="right")
     for v, cam in enumerate(result["cameras"]):
         m = result["one_step"][cam]
-        row = [cam, f"{result['vae_psnr'][cam]:.2f}", f"{m['psnr']:.2f}", f"{m['baseline_psnr']:.2f}",
+        row = [cam, f"{result['vae_psnr'][cam]:.2f}", f"{result['vae_psnr_as_decoded'][cam]:.2f}", f"{m['psnr']:.2f}", f"{m['baseline_psnr']:.2f}",
                f"{m['ssim']:.3f}", f"{m['baseline_ssim']:.3f}"]
         if replay:
             row += [f"{replay['psnr'][v][k]:.2f}" for k in picks] + [f"{replay['ssim'][v][k]:.3f}" for k in picks]
