@@ -69,8 +69,8 @@ def print_table(result: dict) -> None:
         table.add_column(c, justify="right")
     for v, cam in enumerate(result["cameras"]):
         m = result["one_step"][cam]
-        row = [cam, f"{result['vae_psnr'][cam]:.2f}", f"{result['vae_psnr_as_decoded'][cam]:.2f}", f"{m['psnr']:.2f}", f"{m['baseline_psnr']:.2f}",
-               f"{m['ssim']:.3f}", f"{m['baseline_ssim']:.3f}"]
+        row = [cam, f"{result['vae_psnr'][cam]:.2f}", f"{result['vae_psnr_as_decoded'][cam]:.2f}",
+               f"{m['psnr']:.2f}", f"{m['baseline_psnr']:.2f}", f"{m['ssim']:.3f}", f"{m['baseline_ssim']:.3f}"]
         if replay:
             row += [f"{replay['psnr'][v][k]:.2f}" for k in picks] + [f"{replay['ssim'][v][k]:.3f}" for k in picks]
         table.add_row(*row)

@@ -50,7 +50,8 @@ def swap_decoder(model_path: str, autoencoder_path: str, command: str = "") -> W
     candidate = load_autoencoder(autoencoder_path)
     check_same_latent_space(model.autoencoder, candidate)
     swapped = WorldModel(model.config, candidate, model.normalizer, denoiser=model.denoiser)
-    changed = sum(not torch.equal(v, candidate.state_dict()[k]) for k, v in model.autoencoder.state_dict().items())
+    new_state = candidate.state_dict()
+    changed = sum(not torch.equal(v, new_state[k]) for k, v in model.autoencoder.state_dict().items())
     swapped.model_card = (model.model_card.rstrip() + "\n\n## Decoder replaced (`persistworld swap-decoder`)\n\n"
                           f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor "
                           f"unchanged; {changed} decoder-side tensors differ). Command: `{command or '(from Python)'}`."

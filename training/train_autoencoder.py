@@ -209,7 +209,8 @@ def _origin(config: AutoencoderTrainConfig) -> str:
         return "trained from scratch (encoder and decoder)"
     if config.train_part == "decoder":
         return (f"decoder fine-tuned from `{config.init_from}` with the encoder frozen: same latents and scaling "
-                "factor, so world models trained on that autoencoder can use this decoder (`persistworld swap-decoder`)")
+                "factor, so world models trained on that autoencoder can use this decoder "
+                "(`persistworld swap-decoder`)")
     return f"fine-tuned from `{config.init_from}` (encoder and decoder: a new latent space)"
 
 

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from persistworld_env.models.image_codec import uint8_to_float, unstack_views
+from persistworld_env.metrics import psnr
 from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, unstack_views
 from persistworld_env.models.world_model import WorldModel
 from training.checkpoints import (main_process_writer, optimizer_step, resume_checkpoint, save_checkpoint,
                                   save_derived_model, start_run, warmup_cosine)
@@ -221,20 +222,15 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     @torch.no_grad()
     def validation_psnr() -> dict[str, float]:
         net.eval()
-        sq = torch.zeros(len(cameras))
-        count = 0
+        frames = np.arange(pairs["generated"].shape[1])
+        scores = []
         for row in val_rows:
-            frames = np.arange(pairs["generated"].shape[1])
-            z, ref, zref, truth = batch_tensors(np.full(len(frames), row), frames, np.zeros(len(frames), bool))
-            output = decoded_output(net, z, ref, zref, mask, scaling, shift).clamp(-1, 1)
-            # PSNR of the rounded uint8 frames (data range 1), as every metric of the project
-            output_u8 = ((output + 1) * 127.5).round() / 255.0
-            err = ((output_u8 - (truth + 1) / 2) ** 2).mean(dim=(2, 3, 4))  # (frames, V)
-            sq += (-10 * torch.log10(err.clamp_min(1e-10))).sum(0).cpu()
-            count += len(frames)
+            z, ref, zref, _ = batch_tensors(np.full(len(frames), row), frames, np.zeros(len(frames), bool))
+            output = float_to_uint8(decoded_output(net, z, ref, zref, mask, scaling, shift)).cpu().numpy()
+            scores.append(psnr(output, pairs["truth"][row]))  # (frames, V), as every metric of the project
         net.train()
-        values = {cam: float(v) for cam, v in zip(cameras, sq / max(1, count))}
-        return {**values, "mean": float(np.mean(list(values.values())))}
+        per = np.concatenate(scores).mean(0)
+        return {**{cam: float(v) for cam, v in zip(cameras, per)}, "mean": float(per.mean())}
 
     step = 0
     if resume_from is not None:
@@ -303,7 +299,8 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
 
 The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
 generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
-against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame latents).
+against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame
+latents, decoded {config.real_decoding}).
 Figures above that involve decoding were measured with the previous decoder.
 
 - command: `{config.command or '(python API)'}`
