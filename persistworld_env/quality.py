@@ -43,7 +43,8 @@ def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int
     """Per camera (and ``"mean"``): PSNR of encode -> decode of real frames *as the model decodes them*.
 
     For the model's ``reference_cameras`` that is ``ref + D(E(x)) - D(E(ref))`` with ``ref`` the first frame of
-    the frame's episode (:meth:`WorldModel.reference_correction`); for the others plain ``D(E(x))``. ``frames``
+    the frame's episode (:meth:`WorldModel.reference_correction`, faded by :meth:`WorldModel.reference_weights`
+    for the frame's distance from it); for the others plain ``D(E(x))``. ``frames``
     is a :class:`persistworld_env.models.vae_quality.SplitFrames`; first frames of episodes are skipped (they
     are their own reference, reproduced exactly).
     """
@@ -56,6 +57,7 @@ def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int
         x = frames.get(chunk)[:, None]  # (N, 1, V, H, W, 3)
         refs = frames.get([i - frames.locate(i)[1] for i in chunk])  # (N, V, H, W, 3)
         correction = model.reference_correction(refs, model.codec.encode_views(refs[:, None])[:, 0])
-        values.append(psnr(x, model.decode(model.codec.encode_views(x), correction))[:, 0])  # (N, V)
+        rows = [frames.locate(i)[1] for i in chunk]  # frames after the reference
+        values.append(psnr(x, model.decode(model.codec.encode_views(x), correction, rows))[:, 0])  # (N, V)
     per = np.concatenate(values).mean(0)
     return {**{cam: float(per[v]) for v, cam in enumerate(model.config.cameras)}, "mean": float(per.mean())}

@@ -199,17 +199,21 @@ class RolloutEngine:
         others = self._alternatives(history, current, tokens, alternatives) if alternatives > 0 else None
         clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
         new = clip[:, 1:]
+        frames = self._decode(new) if decode else None
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
-        frames = self.model.decode(new, self._correction()) if decode else None
         return StepOutput(latents=new, frames=frames, alternatives=others,
                           inputs=StepInputs(history, current, token_poses, instructions, clip))
 
-    def _correction(self, repeats: int = 1) -> torch.Tensor | None:
-        """The rollouts' reference corrections (see ``WorldModel.reference_correction``), each repeated."""
+    def _decode(self, new: torch.Tensor, repeats: int = 1) -> np.ndarray:
+        """Decode the next clip ``new`` of every rollout (each repeated ``repeats`` times in ``new``), with the
+        rollouts' reference corrections (see ``WorldModel.reference_correction``)."""
         if self._corrections[0] is None:
-            return None
-        return torch.stack(self._corrections).repeat_interleave(repeats, dim=0)
+            return self.model.decode(new)
+        # Frame f of the next clip lies (steps so far) * clip length + f + 1 frames after the reference.
+        first = [(h.length - 1) * new.shape[1] + 1 for h in self._histories]
+        return self.model.decode(new, torch.stack(self._corrections).repeat_interleave(repeats, dim=0),
+                                 torch.tensor(first).repeat_interleave(repeats))
 
     def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor,
                       samples: int) -> np.ndarray:
@@ -223,7 +227,7 @@ class RolloutEngine:
             gens += [torch.Generator().manual_seed(base + k + 1) for k in range(samples)]
         rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
         clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens)
-        frames = self.model.decode(clip[:, 1:], self._correction(samples))
+        frames = self._decode(clip[:, 1:], samples)
         return frames.reshape(b, samples, *frames.shape[1:])
 
 

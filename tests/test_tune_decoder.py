@@ -42,7 +42,8 @@ def test_decoded_output_is_what_the_rollout_decodes(model_dir):
     with torch.no_grad():
         ours = decoded_output(model.autoencoder, z, uint8_to_float(ref), z_ref, mask, model.codec.scaling_factor)
         # the inference path: LatentCodec decoding plus WorldModel.reference_correction
-        expected = model.codec.decode_views_float(z[:, None], 3)[:, 0] + model.reference_correction(ref, z_ref)
+        weights = model.reference_weights(1)[None, :, None, None, None]  # (1, V, 1, 1, 1): 1, 1, 0
+        expected = model.codec.decode_views_float(z[:, None], 3)[:, 0] + weights * model.reference_correction(ref, z_ref)[:, 0]
     assert torch.allclose(ours, expected, atol=1e-5)
     plain = model.codec.decode_views_float(z[:, None], 3)[:, 0]
     assert torch.allclose(ours[:, 2], plain[:, 2], atol=1e-5) and not torch.allclose(ours[:, 0], plain[:, 0])

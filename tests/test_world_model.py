@@ -1,6 +1,8 @@
 """World model: denoiser routing, objective, sampler, rollout engine, save/load, Ctrl-World checkpoints."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,9 @@ from persistworld_env.models.autoencoder import ModelLoadError, build_autoencode
 from persistworld_env.models.clip_sampler import SamplerConfig, sample_clip
 from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ctrl_world_state_dict
 from persistworld_env.models.denoiser import FrameTokenAttnProcessor
+from persistworld_env.models.image_codec import float_to_uint8
 from persistworld_env.models.objective import edm_loss
-from persistworld_env.models.world_model import WorldModel
+from persistworld_env.models.world_model import WorldModel, relative_decoding
 from persistworld_env.rollout import RolloutEngine, _History
 
 H, W = 24, 40
@@ -239,6 +242,49 @@ def test_reference_decoding_keeps_reference_pixels_of_chosen_cameras(normalizer,
     np.testing.assert_array_equal(out.frames, expected)
     with pytest.raises(ValueError, match="reference_cameras"):
         WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=("top_camera",))
+
+
+def test_relative_decoding_by_hand():
+    # two cameras, one pixel: camera 0 without a gate, camera 1 gated with tau 0.5
+    decoded = torch.tensor([0.2, 0.2]).reshape(2, 1, 1, 1).expand(2, 3, 1, 1)  # (V, 3, H, W)
+    reference_decoded = torch.tensor([0.7, 0.7]).reshape(2, 1, 1, 1).expand(2, 3, 1, 1)
+    residual = torch.full((2, 3, 1, 1), 0.1)
+    out = relative_decoding(decoded, reference_decoded, residual, torch.tensor([1.0, 0.5]), torch.tensor([0.0, 0.5]))
+    # camera 0: 0.2 + 1 * 0.1; camera 1: change 0.5 = tau, gate exp(-1): 0.2 + 0.5 * exp(-1) * 0.1
+    np.testing.assert_allclose(out[:, 0, 0, 0].numpy(), [0.3, 0.2 + 0.05 * math.exp(-1)], rtol=1e-6)
+    np.testing.assert_allclose(relative_decoding(decoded, reference_decoded, residual, torch.tensor([1.0, 0.5]))
+                               [:, 0, 0, 0].numpy(), [0.3, 0.25], rtol=1e-6)
+
+
+def test_reference_correction_fades_per_frame_and_by_the_motion_gate(normalizer, tmp_path):
+    torch.manual_seed(0)
+    cams = ("exterior_1_left", "wrist_left")
+    model = WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams,
+                             reference_decay={"wrist_left": 0.5}, reference_gate={"wrist_left": 0.1}).eval()
+    # camera order exterior_1, exterior_2, wrist: kept whole, plain, halved per frame
+    np.testing.assert_allclose(model.reference_weights(torch.tensor([1, 3])).numpy(), [[1, 0, 0.5], [1, 0, 0.125]])
+    frames, poses = _start(model)
+    latents = model.codec.encode_views(frames[:, None])[:, 0]
+    residual, reference_decoded = model.reference_correction(frames, latents).unbind(1)
+    model.save_pretrained(tmp_path / "fade")
+    loaded = WorldModel.from_pretrained(tmp_path / "fade")
+    assert loaded.config.reference_decay == {"wrist_left": 0.5} and loaded.config.reference_gate == {"wrist_left": 0.1}
+    eng = RolloutEngine(loaded)
+    eng.reset(frames, poses, seeds=[0, 1])
+    hold = np.tile(poses[:, None], (1, 4, 1))
+    eng.step(hold)
+    second = eng.step(hold)  # its frames are 5..8 frames after the reference
+    plain = loaded.codec.decode_views_float(second.latents, 3).numpy()  # (B, 4, V, 3, H, W)
+    by_hand = plain.copy()
+    gate = np.exp(-(np.abs(plain[:, :, 2] - reference_decoded[:, None, 2].numpy()).mean(2, keepdims=True) / 0.1) ** 2)
+    for f in range(4):
+        by_hand[:, f, 0] += residual[:, 0].numpy()
+        by_hand[:, f, 2] += 0.5 ** (5 + f) * gate[:, f] * residual[:, 2].numpy()
+    np.testing.assert_array_equal(second.frames, float_to_uint8(torch.from_numpy(by_hand)).numpy())
+    for bad in ({"reference_decay": {"wrist_left": 1.5}}, {"reference_decay": {"exterior_2_left": 0.5}},
+                {"reference_gate": {"wrist_left": 0.0}}, {"reference_gate": {"exterior_2_left": 0.1}}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams, **bad)
 
 
 def test_residual_denoiser_is_an_x0_predictor_of_the_change_from_the_current_frame(normalizer):

@@ -42,7 +42,7 @@ import torch
 from persistworld_env.metrics import psnr
 from persistworld_env.models.autoencoder import ModelLoadError
 from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, unstack_views
-from persistworld_env.models.world_model import WorldModel
+from persistworld_env.models.world_model import WorldModel, relative_decoding
 from training.checkpoints import (main_process_writer, optimizer_step, resume_checkpoint, save_checkpoint,
                                   save_derived_model, start_run, warmup_cosine)
 from training.train_autoencoder import ENCODER_PREFIXES
@@ -146,12 +146,13 @@ def _load_pairs(path: Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- loss
 def decoded_output(vae: torch.nn.Module, latents: torch.Tensor, reference: torch.Tensor,
-                   reference_latent: torch.Tensor, reference_mask: torch.Tensor, scaling: float,
-                   shift: float = 0.0) -> torch.Tensor:
+                   reference_latent: torch.Tensor, reference_weights: torch.Tensor, scaling: float,
+                   shift: float = 0.0, gate_tau: torch.Tensor | None = None) -> torch.Tensor:
     """What the world model outputs for scaled latents (N, C, V*h, w), with gradients (float (N, V, 3, H, W)).
 
-    Cameras with ``reference_mask`` 1 ((V,), or (N, V) per sample) are decoded relative to their reference frame
-    (float (N, V, 3, H, W) in [-1, 1], latent (N, C, V*h, w)): ``ref + D(z) - D(z_ref)``; the others plainly: ``D(z)``.
+    Camera v of sample n is decoded relative to its reference frame (float (N, V, 3, H, W) in [-1, 1], latent
+    (N, C, V*h, w)) with weight ``reference_weights[n, v]`` ((V,) or (N, V)) and the motion gate ``gate_tau``
+    (see ``persistworld_env.models.world_model.relative_decoding``); weight 0 is plain decoding ``D(z)``.
     """
     views = reference.shape[1]
 
@@ -161,10 +162,11 @@ def decoded_output(vae: torch.nn.Module, latents: torch.Tensor, reference: torch
         return x.reshape(z.shape[0], views, *x.shape[1:])
 
     out = decode(latents)
-    if bool(reference_mask.any()):
-        mask = reference_mask if reference_mask.ndim == 2 else reference_mask[None]
-        out = out + mask[:, :, None, None, None] * (reference - decode(reference_latent))
-    return out
+    if not bool(reference_weights.any()):
+        return out
+    reference_decoded = decode(reference_latent)
+    weights = reference_weights if reference_weights.ndim == 2 else reference_weights[None]
+    return relative_decoding(out, reference_decoded, reference - reference_decoded, weights, gate_tau)
 
 
 def pixel_loss(output: torch.Tensor, truth: torch.Tensor, l1_weight: float) -> torch.Tensor:
@@ -210,7 +212,9 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
     net = accelerator.unwrap_model(vae)
     device, cameras = accelerator.device, model.config.cameras
-    mask = torch.tensor([c in model.config.reference_cameras for c in cameras], dtype=torch.float32, device=device)
+    # Replay frame f lies f + 1 frames after the reference (the episode's first frame).
+    weights_at = lambda f: model.reference_weights(np.asarray(f) + 1).to(device)  # noqa: E731  (N, V)
+    gate = model.reference_gate_tau().to(device)
     scaling, shift = model.codec.scaling_factor, model.codec.shift_factor
 
     def batch_tensors(rows: np.ndarray, frames: np.ndarray, use_real: np.ndarray):
@@ -226,7 +230,8 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         scores = []
         for row in val_rows:
             z, ref, zref, _ = batch_tensors(np.full(len(frames), row), frames, np.zeros(len(frames), bool))
-            output = float_to_uint8(decoded_output(net, z, ref, zref, mask, scaling, shift)).cpu().numpy()
+            output = decoded_output(net, z, ref, zref, weights_at(frames), scaling, shift, gate)
+            output = float_to_uint8(output).cpu().numpy()
             scores.append(psnr(output, pairs["truth"][row]))  # (frames, V), as every metric of the project
         net.train()
         per = np.concatenate(scores).mean(0)
@@ -249,9 +254,9 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         rows, frames, use_real = training_batch(pairs, train_rows, config, step, accelerator.process_index)
         z, ref, zref, truth = batch_tensors(rows, frames, use_real)
         relative_rows = ~use_real if config.real_decoding == "plain" else np.ones_like(use_real)
-        relative = mask[None] * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
+        relative = weights_at(frames) * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
         with accelerator.autocast():
-            output = decoded_output(vae, z, ref, zref, relative, scaling, shift)
+            output = decoded_output(vae, z, ref, zref, relative, scaling, shift, gate)
         loss = pixel_loss(output, truth, config.l1_weight)
         optimizer_step(accelerator, loss, trainable, optimizer, scheduler, config.grad_clip)
         step += 1

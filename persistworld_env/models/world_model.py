@@ -17,7 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,15 @@ class WorldModelConfig:
     #: unchanged pixel-exact instead of re-rendering it through the autoencoder at every step.
     #: Empty = plain decoding D(z) (Ctrl-World's behaviour).
     reference_cameras: tuple[str, ...] = ()
+    #: Per reference camera, the factor by which its reference correction fades per frame (world-model
+    #: frames, 0.2 s): frame k after the reference gets ``decay ** k`` of it. For a moving camera (the wrist)
+    #: the real frame's detail is right for the next frames only. Cameras not named keep it whole (1.0).
+    reference_decay: dict[str, float] = field(default_factory=dict)
+    #: Per reference camera, a motion gate on its reference correction: each pixel gets
+    #: ``exp(-(|D(z) - D(z_reference)| / tau) ** 2)`` of it (the change averaged over RGB, images in [-1, 1]), so
+    #: the real frame's detail stays where the model's frame has not changed and leaves where it has. Not named:
+    #: no gate.
+    reference_gate: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,7 +86,29 @@ class WorldModelConfig:
         d["sampler"] = SamplerConfig(**d["sampler"])
         d["cameras"], d["history_offsets"] = tuple(d["cameras"]), tuple(d["history_offsets"])
         d["reference_cameras"] = tuple(d.get("reference_cameras", ()))
+        for key in ("reference_decay", "reference_gate"):
+            d[key] = {str(k): float(v) for k, v in d.get(key, {}).items()}
         return cls(**d)
+
+
+def relative_decoding(decoded: torch.Tensor, reference_decoded: torch.Tensor, residual: torch.Tensor,
+                      weights: torch.Tensor, gate_tau: torch.Tensor | None = None) -> torch.Tensor:
+    """Frames decoded relative to a reference: ``D(z) + w * g * (ref - D(z_ref))``.
+
+    Args:
+        decoded: ``D(z)``, float (..., V, 3, H, W) in [-1, 1].
+        reference_decoded, residual: ``D(z_ref)`` and ``ref - D(z_ref)``, broadcastable to ``decoded``.
+        weights: ``w`` per frame and camera, (..., V) (:meth:`WorldModel.reference_weights`).
+        gate_tau: per camera tau of the motion gate ``g = exp(-(mean_rgb |D(z) - D(z_ref)| / tau) ** 2)``
+            (V,); 0 or None: ``g = 1``. The gate is not differentiated through.
+    """
+    w = weights[..., None, None, None]
+    if gate_tau is None or not bool((gate_tau > 0).any()):
+        return decoded + w * residual
+    change = (decoded - reference_decoded).detach().abs().mean(dim=-3, keepdim=True)  # (..., V, 1, H, W)
+    tau = gate_tau[:, None, None, None]
+    gate = torch.where(tau > 0, torch.exp(-(change / tau.clamp_min(1e-12)) ** 2), torch.ones_like(change))
+    return decoded + w * gate * residual
 
 
 def embedded_model_dir(name: str) -> Path:
@@ -97,6 +128,12 @@ class WorldModel(nn.Module):
         unknown = set(config.reference_cameras) - set(config.cameras)
         if unknown:
             raise ValueError(f"reference_cameras {sorted(unknown)} are not among the cameras {config.cameras}")
+        for cam, decay in config.reference_decay.items():
+            if cam not in config.reference_cameras or not 0.0 <= decay <= 1.0:
+                raise ValueError(f"reference_decay needs reference cameras and factors in [0, 1], got {cam!r}: {decay}")
+        for cam, tau in config.reference_gate.items():
+            if cam not in config.reference_cameras or not tau > 0.0:
+                raise ValueError(f"reference_gate needs reference cameras and tau > 0, got {cam!r}: {tau}")
         self.config = config
         self.autoencoder = autoencoder
         # Channels-last convolutions: ~1.2x faster decoding on CPU; not for SVD's temporal (3-D) decoder.
@@ -136,28 +173,47 @@ class WorldModel(nn.Module):
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def reference_correction(self, frames: np.ndarray, latents: torch.Tensor) -> torch.Tensor | None:
-        """What plain decoding loses on the reference frame, for the ``reference_cameras`` (zero elsewhere).
+        """What relative decoding needs of the reference frames, or None when no camera decodes relative to one.
 
         Args:
-            frames: uint8 (B, V, H, W, 3), the reference (real first) frames.
+            frames: uint8 (B, V, H, W, 3), the reference frames (a rollout's real first frame).
             latents: their scaled latents (B, C, V*h, w).
-        Returns float (B, V, 3, H, W) to add to decoded frames, or None when no camera uses it.
+        Returns float (B, 2, V, 3, H, W): the residual ``frames - D(latents)`` and ``D(latents)``.
         """
         if not self.config.reference_cameras:
             return None
-        views = len(self.config.cameras)
-        decoded = self.codec.decode_views_float(latents[:, None], views)[:, 0]
-        correction = uint8_to_float(frames, device=decoded.device) - decoded
-        mask = torch.tensor([c in self.config.reference_cameras for c in self.config.cameras],
-                            dtype=correction.dtype, device=correction.device)
-        return correction * mask[:, None, None, None]
+        decoded = self.codec.decode_views_float(latents[:, None], len(self.config.cameras))[:, 0]
+        return torch.stack([uint8_to_float(frames, device=decoded.device) - decoded, decoded], dim=1)
+
+    def reference_weights(self, frames_after: torch.Tensor | np.ndarray | int) -> torch.Tensor:
+        """Share of the reference correction each camera adds to a frame ``frames_after`` frames after its
+        reference: ``reference_decay[cam] ** frames_after`` (1 without a decay) for the ``reference_cameras``,
+        0 for the others. Float (*frames_after.shape, V)."""
+        k = torch.as_tensor(frames_after, dtype=torch.float32)
+        cams = self.config.cameras
+        decay = torch.tensor([self.config.reference_decay.get(c, 1.0) for c in cams])
+        mask = torch.tensor([c in self.config.reference_cameras for c in cams], dtype=torch.float32)
+        return mask * decay ** k[..., None]
+
+    def reference_gate_tau(self) -> torch.Tensor:
+        """Per camera, the ``reference_gate`` tau (0: no gate). Float (V,)."""
+        return torch.tensor([self.config.reference_gate.get(c, 0.0) for c in self.config.cameras])
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, correction: torch.Tensor | None = None) -> np.ndarray:
-        """Latents (B, F, C, V*h, w) -> uint8 frames (B, F, V, H, W, 3), with the rollouts' reference correction."""
+    def decode(self, latents: torch.Tensor, correction: torch.Tensor | None = None,
+               first_frame: int | Sequence[int] = 1) -> np.ndarray:
+        """Latents (B, F, C, V*h, w) -> uint8 frames (B, F, V, H, W, 3).
+
+        ``correction``: the rollouts' :meth:`reference_correction`; latent frame f is ``first_frame + f``
+        frames after the reference (one int, or one per rollout), see :func:`relative_decoding`.
+        """
         x = self.codec.decode_views_float(latents, len(self.config.cameras))
         if correction is not None:
-            x = x + correction.to(x.device)[:, None]
+            first = torch.as_tensor(first_frame).reshape(-1, 1)  # (B or 1, 1)
+            weights = self.reference_weights(first + torch.arange(latents.shape[1]))  # (B, F, V)
+            correction = correction.to(x.device)[:, None]  # (B, 1, 2, V, 3, H, W)
+            x = relative_decoding(x, correction[:, :, 1], correction[:, :, 0], weights.to(x.device),
+                                  self.reference_gate_tau().to(x.device))
         return float_to_uint8(x).cpu().numpy()
 
     # -- save / load ---------------------------------------------------------------------------
