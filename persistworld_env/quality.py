@@ -55,9 +55,9 @@ def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         x = frames.get(chunk)[:, None]  # (N, 1, V, H, W, 3)
-        refs = frames.get([i - frames.locate(i)[1] for i in chunk])  # (N, V, H, W, 3)
+        rows = [frames.locate(i)[1] for i in chunk]  # frames after the reference (the episode's first frame)
+        refs = frames.get([i - row for i, row in zip(chunk, rows)])  # (N, V, H, W, 3)
         correction = model.reference_correction(refs, model.codec.encode_views(refs[:, None])[:, 0])
-        rows = [frames.locate(i)[1] for i in chunk]  # frames after the reference
         values.append(psnr(x, model.decode(model.codec.encode_views(x), correction, rows))[:, 0])  # (N, V)
     per = np.concatenate(values).mean(0)
     return {**{cam: float(per[v]) for v, cam in enumerate(model.config.cameras)}, "mean": float(per.mean())}
