@@ -27,7 +27,9 @@ def one_step_fidelity(model: WorldModel, dataset: WorldModelDataset, indices: Se
         tokens = model.denoiser.tokens(batch["pose"].to(model.device), batch["instruction"])
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(video.shape[0])]
         clip = sample_clip(model.denoiser, latents[:, :nh], latents[:, nh], tokens, sampler, gens)
-        generated = model.decode(clip[:, 1:], model.reference_correction(video[:, nh], latents[:, nh]))
+        pose = batch["pose_raw"]  # (B, 11, 7): the new frames' poses against the current (reference) frame's
+        generated = model.decode(clip[:, 1:], model.reference_correction(video[:, nh], latents[:, nh]),
+                                 pose_change=pose[:, nh + 1:] - pose[:, nh:nh + 1])
         truth = video[:, nh + 1:]
         repeat = np.repeat(video[:, nh:nh + 1], truth.shape[1], axis=1)
         scores["psnr"].append(psnr(generated, truth).mean(1))  # (B, V)
@@ -44,7 +46,7 @@ def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int
 
     For the model's ``reference_cameras`` that is ``ref + D(E(x)) - D(E(ref))`` with ``ref`` the first frame of
     the frame's episode (:meth:`WorldModel.reference_correction`, faded by :meth:`WorldModel.reference_weights`
-    for the frame's distance from it); for the others plain ``D(E(x))``. ``frames``
+    for the frame's distance and pose change from it); for the others plain ``D(E(x))``. ``frames``
     is a :class:`persistworld_env.models.vae_quality.SplitFrames`; first frames of episodes are skipped (they
     are their own reference, reproduced exactly).
     """
@@ -56,8 +58,11 @@ def decoded_reconstruction_psnr(model: WorldModel, frames, indices: Sequence[int
         chunk = indices[start:start + batch_size]
         x = frames.get(chunk)[:, None]  # (N, 1, V, H, W, 3)
         rows = [frames.locate(i)[1] for i in chunk]  # frames after the reference (the episode's first frame)
-        refs = frames.get([i - row for i, row in zip(chunk, rows)])  # (N, V, H, W, 3)
+        ref_indices = [i - row for i, row in zip(chunk, rows)]
+        refs = frames.get(ref_indices)  # (N, V, H, W, 3)
         correction = model.reference_correction(refs, model.codec.encode_views(refs[:, None])[:, 0])
-        values.append(psnr(x, model.decode(model.codec.encode_views(x), correction, rows))[:, 0])  # (N, V)
+        pose_change = frames.poses(chunk) - frames.poses(ref_indices)  # (N, 7)
+        decoded = model.decode(model.codec.encode_views(x), correction, rows, pose_change[:, None])
+        values.append(psnr(x, decoded)[:, 0])  # (N, V)
     per = np.concatenate(values).mean(0)
     return {**{cam: float(per[v]) for v, cam in enumerate(model.config.cameras)}, "mean": float(per.mean())}

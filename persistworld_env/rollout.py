@@ -120,6 +120,7 @@ class RolloutEngine:
         self._instructions = [None] * batch_size
         self._generators = [torch.Generator(device="cpu") for _ in range(batch_size)]
         self._corrections = [None] * batch_size
+        self._reference_poses = [None] * batch_size  # raw (7,) pose of each rollout's reference (first) frame
 
     @torch.no_grad()
     def reset_slots(self, slots: Sequence[int], frames: np.ndarray, poses: np.ndarray,
@@ -135,6 +136,7 @@ class RolloutEngine:
         for i, slot in enumerate(slots):
             self._histories[slot] = _History(latents[i], normalized[i].to(self.model.device), self._window)
             self._corrections[slot] = corrections[i] if corrections is not None else None
+            self._reference_poses[slot] = torch.from_numpy(poses[i].copy())
             self._instructions[slot] = instructions[i] if instructions is not None else None
             seed = int(seeds[i]) if seeds is not None else int(torch.randint(2**62, (1,)).item())
             self._generators[slot].manual_seed(seed)
@@ -159,6 +161,7 @@ class RolloutEngine:
             other._histories[j] = self._histories[j // copies].copy()
             other._instructions[j] = self._instructions[j // copies]
             other._corrections[j] = self._corrections[j // copies]
+            other._reference_poses[j] = self._reference_poses[j // copies]
             seed = int(seeds[j]) if seeds is not None else int(torch.randint(2**62, (1,)).item())
             other._generators[j].manual_seed(seed)
         return other
@@ -195,27 +198,29 @@ class RolloutEngine:
         (``frames`` is None). ``StepOutput.inputs`` holds the step's conditioning and its whole clip.
         """
         history, current, token_poses, instructions, new_poses = self._condition(poses)
+        raw = torch.as_tensor(np.asarray(poses, dtype=np.float32))
         tokens = self.model.denoiser.tokens(token_poses, instructions)
-        others = self._alternatives(history, current, tokens, alternatives) if alternatives > 0 else None
+        others = self._alternatives(history, current, tokens, raw, alternatives) if alternatives > 0 else None
         clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
         new = clip[:, 1:]
-        frames = self._decode(new) if decode else None
+        frames = self._decode(new, raw) if decode else None
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
         return StepOutput(latents=new, frames=frames, alternatives=others,
                           inputs=StepInputs(history, current, token_poses, instructions, clip))
 
-    def _decode(self, new: torch.Tensor, repeats: int = 1) -> np.ndarray:
-        """Decode the next clip ``new`` of every rollout (each repeated ``repeats`` times in ``new``), with the
-        rollouts' reference corrections (see ``WorldModel.reference_correction``)."""
+    def _decode(self, new: torch.Tensor, poses: torch.Tensor, repeats: int = 1) -> np.ndarray:
+        """Decode the next clip ``new`` of every rollout (each repeated ``repeats`` times in ``new``), commanded
+        at the raw ``poses`` (B, 4, 7), with the rollouts' reference corrections (``WorldModel.reference_correction``)."""
         if self._corrections[0] is None:
             return self.model.decode(new)
         # Frame f of the next clip lies (steps so far) * clip length + f + 1 frames after the reference.
         first = [(h.length - 1) * new.shape[1] + 1 for h in self._histories]
-        return self.model.decode(new, torch.stack(self._corrections).repeat_interleave(repeats, dim=0),
-                                 torch.tensor(first).repeat_interleave(repeats))
+        pose_change = poses - torch.stack(self._reference_poses)[:, None]  # (B, 4, 7)
+        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
+        return self.model.decode(new, rep(torch.stack(self._corrections)), rep(torch.tensor(first)), rep(pose_change))
 
-    def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor,
+    def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor, poses: torch.Tensor,
                       samples: int) -> np.ndarray:
         """uint8 (B, samples, 4, V, H, W, 3): other clips for the same conditions."""
         b = history.shape[0]
@@ -227,7 +232,7 @@ class RolloutEngine:
             gens += [torch.Generator().manual_seed(base + k + 1) for k in range(samples)]
         rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
         clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens)
-        frames = self._decode(clip[:, 1:], samples)
+        frames = self._decode(clip[:, 1:], poses, samples)
         return frames.reshape(b, samples, *frames.shape[1:])
 
 

@@ -1,6 +1,7 @@
 """``persistworld quality``: the autoencoder (plain and as decoded), one clip against repeat-frame, replays."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -48,6 +49,29 @@ def test_reconstruction_as_decoded_uses_the_episode_reference_for_reference_came
     with pytest.raises(ValueError, match="first frames"):
         decoded_reconstruction_psnr(model, frames, [0])
 
+
+
+def test_split_frames_poses_and_a_pose_gate_that_never_closes(sim_dataset):
+    from persistworld_env.constants import CAMERAS
+    from persistworld_env.data.dataset import WorldModelDataset
+    from persistworld_env.models.vae_quality import SplitFrames
+    from persistworld_env.quality import decoded_reconstruction_psnr, one_step_fidelity
+
+    frames = SplitFrames(sim_dataset, "all", max_episodes=2)
+    ep, row = frames.locate(5)
+    np.testing.assert_array_equal(frames.poses([5])[0], frames.reader.load_pose(ep)[row * frames.frame_step])
+    # scales far above any pose change: every figure equals that of the same weights decoded without the gate
+    wide = {"wrist_left": {"position": 1e6, "rotation": 1e6}}
+    torch.manual_seed(0)
+    gated = WorldModel.build("tiny", default_pose_normalizer(), height=24, width=40, reference_cameras=CAMERAS,
+                             reference_pose_gate=wide)
+    plain = WorldModel(dataclasses.replace(gated.config, reference_pose_gate={}), gated.autoencoder,
+                       gated.normalizer, gated.denoiser)
+    picks = [3, 7, len(frames) - 1]
+    assert decoded_reconstruction_psnr(gated, frames, picks) == pytest.approx(
+        decoded_reconstruction_psnr(plain, frames, picks), abs=1e-6)
+    data = WorldModelDataset(sim_dataset, "all", normalizer=gated.normalizer)
+    assert one_step_fidelity(gated, data, [0, 5]) == one_step_fidelity(plain, data, [0, 5])
 
 
 def test_quality_command_writes_every_figure_per_camera(sim_dataset, model_dir, tmp_path, capsys):

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from persistworld_env.constants import EXTERIOR_CAMERAS
+from persistworld_env.constants import CAMERAS, EXTERIOR_CAMERAS
+from persistworld_env.data.lerobot_reader import LeRobotEpisodes
 from persistworld_env.models.image_codec import uint8_to_float
 from persistworld_env.models.world_model import WorldModel
+from persistworld_env.replay import load_replay_episode
 from persistworld_env.sim.env import default_pose_normalizer
 from training.cli import main as cli_main
 from training.train_autoencoder import ENCODER_PREFIXES
@@ -71,6 +73,23 @@ def test_tuning_trains_only_the_decoder_and_writes_a_loadable_model(sim_dataset,
         assert pairs["generated"].shape[:2] == (2, 8) and pairs["truth"].shape == (2, 8, 3, H, W, 3)
     card = (out / "model" / "README.md").read_text()
     assert card.startswith("# base") and "tune-decoder" in card
+
+
+def test_a_pose_gated_model_tunes_on_the_recorded_pose_changes(sim_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W, reference_cameras=CAMERAS,
+                             reference_pose_gate={"wrist_left": {"position": 0.02, "rotation": 0.05}})
+    gated = model.save_pretrained(tmp_path / "gated")
+    assert tune_decoder(_config(gated, sim_dataset, tmp_path / "run", steps=4))["finished"]
+    with np.load(tmp_path / "run" / PAIRS_FILE) as data:
+        pairs = {k: data[k] for k in data.files}
+    episode = load_replay_episode(LeRobotEpisodes(sim_dataset), int(pairs["episode"][1]), 2)
+    np.testing.assert_allclose(pairs["pose_change"][1], (episode.poses - episode.first_pose).reshape(8, 7))
+    del pairs["pose_change"]  # pairs collected before poses were kept cannot gate
+    (tmp_path / "old").mkdir()
+    np.savez(tmp_path / "old" / PAIRS_FILE, **pairs)
+    with pytest.raises(ValueError, match="without poses"):
+        tune_decoder(_config(gated, sim_dataset, tmp_path / "old"))
 
 
 def test_interrupted_then_resumed_tuning_equals_uninterrupted(sim_dataset, model_dir, tmp_path):

@@ -15,7 +15,7 @@ from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ct
 from persistworld_env.models.denoiser import FrameTokenAttnProcessor
 from persistworld_env.models.image_codec import float_to_uint8
 from persistworld_env.models.objective import edm_loss
-from persistworld_env.models.world_model import WorldModel, relative_decoding
+from persistworld_env.models.world_model import WorldModel, pose_gate, relative_decoding
 from persistworld_env.rollout import RolloutEngine, _History
 
 H, W = 24, 40
@@ -285,6 +285,52 @@ def test_reference_correction_fades_per_frame_and_by_the_motion_gate(normalizer,
                 {"reference_gate": {"wrist_left": 0.0}}, {"reference_gate": {"exterior_2_left": 0.1}}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams, **bad)
+
+
+def test_pose_gate_by_hand():
+    # 3-4-0 cm position change (5 cm), yaw change 0.02 rad given as 0.02 + 2 pi (wrapped), gripper ignored
+    change = torch.tensor([0.03, 0.04, 0.0, 0.0, 0.0, 0.02 + 2 * math.pi, 1.0])
+    gate = pose_gate(change, torch.tensor([0.05, 0.0, 0.05, 0.0]), torch.tensor([0.02, 0.0, 0.0, 0.04]))
+    # both terms (exp(-1-1)), no gate, position only (exp(-1)), rotation only (exp(-1/4))
+    np.testing.assert_allclose(gate.numpy(), [math.exp(-2), 1.0, math.exp(-1), math.exp(-0.25)], rtol=1e-4)  # float32 wrap
+
+
+def test_reference_correction_fades_with_the_pose_change(normalizer, tmp_path):
+    torch.manual_seed(0)
+    cams = ("exterior_1_left", "wrist_left")
+    scales = {"position": 0.05, "rotation": 0.1}
+    model = WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams,
+                             reference_pose_gate={"wrist_left": scales}).eval()
+    with pytest.raises(ValueError, match="pose_change"):
+        model.reference_weights(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        model.reference_weights(torch.tensor([1, 2]), torch.zeros(2, 6))
+    model.save_pretrained(tmp_path / "pose")
+    loaded = WorldModel.from_pretrained(tmp_path / "pose")
+    assert loaded.config.reference_pose_gate == {"wrist_left": scales}
+    frames, poses = _start(model)
+    latents = model.codec.encode_views(frames[:, None])[:, 0]
+    residual = model.reference_correction(frames, latents)[:, 0].numpy()
+    eng = RolloutEngine(loaded)
+    eng.reset(frames, poses, seeds=[0, 1])
+    commanded = np.tile(poses[:, None], (1, 4, 1))
+    commanded[:, :, 0] += np.array([0.0, 0.05, 0.1, 0.0])  # x moves by 0, 5, 10 cm, then back
+    commanded[:, 3, 5] += 0.1  # last frame: back in place, yawed by 0.1 rad
+    out = eng.step(commanded)
+    plain = loaded.codec.decode_views_float(out.latents, 3).numpy()  # (B, 4, V, 3, H, W)
+    by_hand = plain.copy()
+    for f, share in enumerate([1.0, math.exp(-1), math.exp(-4), math.exp(-1)]):
+        by_hand[:, f, 0] += residual[:, 0]
+        by_hand[:, f, 2] += share * residual[:, 2]
+    np.testing.assert_array_equal(out.frames, float_to_uint8(torch.from_numpy(by_hand)).numpy())
+    # a branch decodes with its parent's reference pose
+    alt = RolloutEngine(loaded)
+    alt.reset(frames, poses, seeds=[0, 1])
+    np.testing.assert_array_equal(alt.branch(1, seeds=[0, 1]).step(commanded).frames, out.frames)
+    for bad in ({"wrist_left": {"position": 0.05}}, {"wrist_left": {"position": 0.0, "rotation": 0.0}},
+                {"wrist_left": {"position": -1.0, "rotation": 0.1}}, {"exterior_2_left": scales}):
+        with pytest.raises(ValueError, match="reference_pose_gate"):
+            WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams, reference_pose_gate=bad)
 
 
 def test_residual_denoiser_is_an_x0_predictor_of_the_change_from_the_current_frame(normalizer):

@@ -7,7 +7,8 @@ off. A decoder that reconstructs real latents better can render those worse (sha
 
 1. **Collect**: replay training episodes with the model (from their first frame, on their recorded poses,
    as ``persistworld evaluate`` does) and keep, for every generated frame, the sampled latent, the latent of
-   the real frame at that instant and the real frame; plus each episode's reference (first) frame.
+   the real frame at that instant and the real frame; plus each episode's reference (first) frame and each
+   frame's recorded pose change since it (for models whose reference correction has a pose gate).
    Saved once as ``<out>/pairs.npz``; ``--resume`` reuses it.
 2. **Train** the decoder side (``post_quant_conv`` + ``decoder``; encoder frozen, so the latent space and
    the denoiser are untouched) on MSE (+ optional L1) between what the model would output and the real
@@ -110,7 +111,8 @@ def collect_pairs(model: WorldModel, config: DecoderTuneConfig) -> dict[str, np.
         raise ValueError(f"{config.data_dir} has {len(chosen)} training episodes long enough for {config.horizon} "
                          f"replay steps, {config.episodes} asked (generate longer ones with --min-seconds)")
     engine = RolloutEngine(model)
-    out: dict[str, list] = {k: [] for k in ("episode", "generated", "real", "truth", "reference", "reference_latent")}
+    out: dict[str, list] = {k: [] for k in ("episode", "generated", "real", "truth", "reference", "reference_latent",
+                                            "pose_change")}
     for start in tqdm(range(0, len(chosen), config.replay_batch), desc="replays", disable=not config.progress):
         eps = [load_replay_episode(train.reader, e, config.horizon) for e in chosen[start:start + config.replay_batch]]
         engine.reset(np.stack([ep.first_frames for ep in eps]), np.stack([ep.first_pose for ep in eps]),
@@ -125,6 +127,7 @@ def collect_pairs(model: WorldModel, config: DecoderTuneConfig) -> dict[str, np.
         out["truth"].append(truth)
         out["reference"].append(reference)
         out["reference_latent"].append(model.codec.encode_views(reference[:, None])[:, 0].cpu().numpy())
+        out["pose_change"].append(np.stack([(ep.poses - ep.first_pose).reshape(-1, ep.poses.shape[-1]) for ep in eps]))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -212,8 +215,15 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
     net = accelerator.unwrap_model(vae)
     device, cameras = accelerator.device, model.config.cameras
-    # Replay frame f lies f + 1 frames after the reference (the episode's first frame).
-    weights_at = lambda f: model.reference_weights(np.asarray(f) + 1).to(device)  # noqa: E731  (N, V)
+    if model.config.reference_pose_gate and "pose_change" not in pairs:
+        raise ValueError(f"{pairs_path} was collected without poses, which this model's reference_pose_gate needs; "
+                         "delete it to collect again")
+
+    def weights_at(rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:  # (N, V)
+        """Replay frame f lies f + 1 frames after the reference (the episode's first frame)."""
+        change = pairs["pose_change"][rows, frames] if "pose_change" in pairs else None
+        return model.reference_weights(np.asarray(frames) + 1, change).to(device)
+
     gate = model.reference_gate_tau().to(device)
     scaling, shift = model.codec.scaling_factor, model.codec.shift_factor
 
@@ -230,7 +240,8 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         scores = []
         for row in val_rows:
             z, ref, zref, _ = batch_tensors(np.full(len(frames), row), frames, np.zeros(len(frames), bool))
-            output = decoded_output(net, z, ref, zref, weights_at(frames), scaling, shift, gate)
+            output = decoded_output(net, z, ref, zref, weights_at(np.full(len(frames), row), frames), scaling, shift,
+                                    gate)
             output = float_to_uint8(output).cpu().numpy()
             scores.append(psnr(output, pairs["truth"][row]))  # (frames, V), as every metric of the project
         net.train()
@@ -254,7 +265,7 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         rows, frames, use_real = training_batch(pairs, train_rows, config, step, accelerator.process_index)
         z, ref, zref, truth = batch_tensors(rows, frames, use_real)
         relative_rows = ~use_real if config.real_decoding == "plain" else np.ones_like(use_real)
-        relative = weights_at(frames) * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
+        relative = weights_at(rows, frames) * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
         with accelerator.autocast():
             output = decoded_output(vae, z, ref, zref, relative, scaling, shift, gate)
         loss = pixel_loss(output, truth, config.l1_weight)

@@ -44,6 +44,8 @@ class SplitFrames:
                                sampling=SamplingConfig(stride=frame_step, current_stride=frame_step),
                                max_episodes_in_memory=max_episodes_in_memory)
         self.root, self.split, self.cameras = str(root), split, ds.cameras
+        self.frame_step = frame_step
+        self._poses: dict[int, np.ndarray] = {}
         self.reader, self.frames = ds.reader, ds.frames
         self.episodes = [int(e) for e in ds.episodes[:max_episodes]]
         if not self.episodes:
@@ -63,14 +65,26 @@ class SplitFrames:
         k = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.episodes[k], int(index - self._starts[k])
 
-    def get(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """uint8 ``(N, V, H, W, 3)`` frames at the given indices."""
+    def _locations(self, indices: Sequence[int] | np.ndarray) -> list[tuple[int, int]]:
+        """``locate`` of every index, range-checked."""
         out = []
         for i in np.asarray(indices, dtype=np.int64):
             if not 0 <= i < len(self):
                 raise IndexError(f"frame {i} out of range [0, {len(self)})")
-            ep, row = self.locate(int(i))
-            out.append(np.asarray(self.frames.get(ep)[row]))
+            out.append(self.locate(int(i)))
+        return out
+
+    def get(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 ``(N, V, H, W, 3)`` frames at the given indices."""
+        return np.stack([np.asarray(self.frames.get(ep)[row]) for ep, row in self._locations(indices)])
+
+    def poses(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Raw 7-D poses ``(N, 7)`` recorded with the frames at the given indices."""
+        out = []
+        for ep, row in self._locations(indices):
+            if ep not in self._poses:
+                self._poses[ep] = np.asarray(self.reader.load_pose(ep), dtype=np.float32)
+            out.append(self._poses[ep][row * self.frame_step])
         return np.stack(out)
 
     def evenly_spaced(self, count: int | None) -> np.ndarray:

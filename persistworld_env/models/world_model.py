@@ -72,6 +72,12 @@ class WorldModelConfig:
     #: the real frame's detail stays where the model's frame has not changed and leaves where it has. Not named:
     #: no gate.
     reference_gate: dict[str, float] = field(default_factory=dict)
+    #: Per reference camera, a pose gate on its reference correction: a frame gets
+    #: ``exp(-(|dxyz| / position) ** 2 - (|drpy| / rotation) ** 2)`` of it, with ``dxyz`` (m) and ``drpy`` (rad) the
+    #: change of the commanded end-effector pose since the reference frame (:func:`pose_gate`). For a camera on the
+    #: arm (the wrist) the real frame's detail is right while the arm has not moved and wrong once it has.
+    #: ``{"wrist_left": {"position": 0.015, "rotation": 0.02}}``; not named: no gate.
+    reference_pose_gate: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +94,35 @@ class WorldModelConfig:
         d["reference_cameras"] = tuple(d.get("reference_cameras", ()))
         for key in ("reference_decay", "reference_gate"):
             d[key] = {str(k): float(v) for k, v in d.get(key, {}).items()}
+        d["reference_pose_gate"] = {str(cam): {str(k): float(v) for k, v in scales.items()}
+                                    for cam, scales in d.get("reference_pose_gate", {}).items()}
         return cls(**d)
+
+
+#: The scales a ``reference_pose_gate`` entry names.
+POSE_GATE_SCALES = ("position", "rotation")
+
+
+def pose_gate(pose_change: torch.Tensor, position_scale: torch.Tensor, rotation_scale: torch.Tensor) -> torch.Tensor:
+    """Share of a reference correction kept after the end effector moved by ``pose_change``.
+
+    ``exp(-(|dxyz| / position_scale) ** 2 - (|drpy| / rotation_scale) ** 2)``, with ``dxyz`` the position change
+    (m) and ``drpy`` the roll/pitch/yaw change (rad, wrapped to [-pi, pi]).
+
+    Args:
+        pose_change: raw pose minus the reference's raw pose, (..., 7) (x, y, z, roll, pitch, yaw, gripper).
+        position_scale, rotation_scale: per camera, (V,); a scale of 0 leaves that term out (both 0: no gate).
+    Returns: (..., V).
+    """
+    change = torch.as_tensor(pose_change, dtype=torch.float32)
+    position = change[..., :3].norm(dim=-1, keepdim=True)  # (..., 1)
+    rotation = torch.remainder(change[..., 3:6] + torch.pi, 2 * torch.pi).sub(torch.pi).norm(dim=-1, keepdim=True)
+
+    def term(distance: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        scale = scale.to(change.device)
+        return torch.where(scale > 0, (distance / scale.clamp_min(1e-12)) ** 2, torch.zeros_like(distance * scale))
+
+    return torch.exp(-(term(position, position_scale) + term(rotation, rotation_scale)))
 
 
 def relative_decoding(decoded: torch.Tensor, reference_decoded: torch.Tensor, residual: torch.Tensor,
@@ -134,6 +168,11 @@ class WorldModel(nn.Module):
         for cam, tau in config.reference_gate.items():
             if cam not in config.reference_cameras or not tau > 0.0:
                 raise ValueError(f"reference_gate needs reference cameras and tau > 0, got {cam!r}: {tau}")
+        for cam, scales in config.reference_pose_gate.items():
+            if (cam not in config.reference_cameras or set(scales) != set(POSE_GATE_SCALES)
+                    or not all(v >= 0.0 for v in scales.values()) or not any(v > 0.0 for v in scales.values())):
+                raise ValueError(f"reference_pose_gate needs reference cameras and scales {{'position': m, 'rotation': "
+                                 f"rad}} >= 0 (not both 0), got {cam!r}: {scales}")
         self.config = config
         self.autoencoder = autoencoder
         # Channels-last convolutions: ~1.2x faster decoding on CPU; not for SVD's temporal (3-D) decoder.
@@ -185,15 +224,29 @@ class WorldModel(nn.Module):
         decoded = self.codec.decode_views_float(latents[:, None], len(self.config.cameras))[:, 0]
         return torch.stack([uint8_to_float(frames, device=decoded.device) - decoded, decoded], dim=1)
 
-    def reference_weights(self, frames_after: torch.Tensor | np.ndarray | int) -> torch.Tensor:
+    def reference_weights(self, frames_after: torch.Tensor | np.ndarray | int,
+                          pose_change: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Share of the reference correction each camera adds to a frame ``frames_after`` frames after its
-        reference: ``reference_decay[cam] ** frames_after`` (1 without a decay) for the ``reference_cameras``,
-        0 for the others. Float (*frames_after.shape, V)."""
+        reference: ``reference_decay[cam] ** frames_after`` (1 without a decay) times the ``reference_pose_gate``
+        of the frame's ``pose_change`` (raw pose minus the reference's, (*frames_after.shape, 7); needed when the
+        model has a pose gate) for the ``reference_cameras``, 0 for the others. Float (*frames_after.shape, V)."""
         k = torch.as_tensor(frames_after, dtype=torch.float32)
         cams = self.config.cameras
         decay = torch.tensor([self.config.reference_decay.get(c, 1.0) for c in cams])
         mask = torch.tensor([c in self.config.reference_cameras for c in cams], dtype=torch.float32)
-        return mask * decay ** k[..., None]
+        weights = mask * decay ** k[..., None]
+        if not self.config.reference_pose_gate:
+            return weights
+        if pose_change is None:
+            raise ValueError(f"this model gates {sorted(self.config.reference_pose_gate)}'s reference correction by "
+                             "the pose change since the reference: pass pose_change (raw pose minus the reference's)")
+        change = torch.as_tensor(pose_change, dtype=torch.float32)
+        if change.shape != (*k.shape, 7):
+            raise ValueError(f"pose_change must have shape {(*k.shape, 7)} (one raw 7-D change per frame), "
+                             f"got {tuple(change.shape)}")
+        scales = [self.config.reference_pose_gate.get(c, {}) for c in cams]
+        return weights * pose_gate(change, torch.tensor([s.get("position", 0.0) for s in scales]),
+                                   torch.tensor([s.get("rotation", 0.0) for s in scales]))
 
     def reference_gate_tau(self) -> torch.Tensor:
         """Per camera, the ``reference_gate`` tau (0: no gate). Float (V,)."""
@@ -201,16 +254,18 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, correction: torch.Tensor | None = None,
-               first_frame: int | Sequence[int] = 1) -> np.ndarray:
+               first_frame: int | Sequence[int] = 1, pose_change: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
         """Latents (B, F, C, V*h, w) -> uint8 frames (B, F, V, H, W, 3).
 
         ``correction``: the rollouts' :meth:`reference_correction`; latent frame f is ``first_frame + f``
-        frames after the reference (one int, or one per rollout), see :func:`relative_decoding`.
+        frames after the reference (one int, or one per rollout) and its commanded pose differs from the reference's
+        by ``pose_change`` (raw, (B, F, 7); models with a ``reference_pose_gate``), see :func:`relative_decoding`.
         """
         x = self.codec.decode_views_float(latents, len(self.config.cameras))
         if correction is not None:
             first = torch.as_tensor(first_frame).reshape(-1, 1)  # (B or 1, 1)
-            weights = self.reference_weights(first + torch.arange(latents.shape[1]))  # (B, F, V)
+            frames_after = (first + torch.arange(latents.shape[1])).expand(latents.shape[0], -1)  # (B, F)
+            weights = self.reference_weights(frames_after, pose_change)  # (B, F, V)
             correction = correction.to(x.device)[:, None]  # (B, 1, 2, V, 3, H, W)
             x = relative_decoding(x, correction[:, :, 1], correction[:, :, 0], weights.to(x.device),
                                   self.reference_gate_tau().to(x.device))
