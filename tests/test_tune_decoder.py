@@ -103,6 +103,22 @@ def test_interrupted_then_resumed_tuning_equals_uninterrupted(sim_dataset, model
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_keep_best_ends_with_the_best_validation_and_resumes_exactly(sim_dataset, model_dir, tmp_path):
+    kw = dict(steps=8, eval_every=2, checkpoint_every=2, keep_best=True, lr=2e-2)
+    full = tune_decoder(_config(model_dir, sim_dataset, tmp_path / "a", **kw))
+    history = dict(full["val_mean_history"])
+    assert sorted(history) == [2, 4, 6, 8]
+    assert full["kept_step"] == max(history, key=history.get) < 8  # here the last validation is not the best
+    assert full["val_psnr"]["mean"] == pytest.approx(history[full["kept_step"]], abs=1e-9)
+    tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", stop_after=4, **kw))
+    resumed = tune_decoder(_config(model_dir, sim_dataset, tmp_path / "b", resume=True, **kw))
+    assert resumed["val_mean_history"] == full["val_mean_history"] and resumed["kept_step"] == full["kept_step"]
+    a = WorldModel.from_pretrained(tmp_path / "a" / "model").autoencoder.state_dict()
+    b = WorldModel.from_pretrained(tmp_path / "b" / "model").autoencoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert f"step {full['kept_step']}" in (tmp_path / "a" / "model" / "README.md").read_text()
+
+
 def test_bad_requests_get_clear_errors(sim_dataset, model_dir, tmp_path):
     with pytest.raises(ValueError, match="real_fraction"):
         tune_decoder(_config(model_dir, sim_dataset, tmp_path / "a", real_fraction=1.0))

@@ -78,6 +78,7 @@ class DecoderTuneConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     stop_after: int | None = None      # stop (with a checkpoint) after this step; --resume continues
+    keep_best: bool = False            # end with the decoder of the best validation (mean PSNR), not the last
     num_threads: int | None = None
     mixed_precision: str = "no"
     progress: bool = True
@@ -188,6 +189,34 @@ def training_batch(pairs: dict[str, np.ndarray], train_rows: np.ndarray, config:
 
 
 # --------------------------------------------------------------------------------------------- train
+class BestDecoder:
+    """The trainable (decoder-side) weights at the best validation so far, and every validation's mean PSNR.
+
+    Registered with accelerate, so checkpoints carry it and ``--resume`` continues exactly.
+    """
+
+    def __init__(self) -> None:
+        self.step, self.score, self.weights = -1, float("-inf"), {}
+        self.history: list[tuple[int, float]] = []
+
+    def offer(self, step: int, score: float, module: torch.nn.Module) -> None:
+        """Record a validation; keep ``module``'s trainable weights when ``score`` is the best yet."""
+        self.history.append((step, score))
+        if score > self.score:
+            self.step, self.score = step, score
+            self.weights = {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"step": torch.tensor(self.step), "score": torch.tensor(self.score, dtype=torch.float64),
+                "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2),
+                **{"weights." + k: v for k, v in self.weights.items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.step, self.score = int(state["step"]), float(state["score"])
+        self.history = [(int(a), float(b)) for a, b in state["history"].tolist()]
+        self.weights = {k[len("weights."):]: v for k, v in state.items() if k.startswith("weights.")}
+
+
 def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     """Collect (or reuse) the pairs, train the decoder, write ``<out>/model``; returns a summary."""
     from tqdm.auto import tqdm
@@ -214,6 +243,8 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
     vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
     net = accelerator.unwrap_model(vae)
+    best = BestDecoder()
+    accelerator.register_for_checkpointing(best)
     device, cameras = accelerator.device, model.config.cameras
     if model.config.reference_pose_gate and "pose_change" not in pairs:
         raise ValueError(f"{pairs_path} was collected without poses, which this model's reference_pose_gate needs; "
@@ -278,6 +309,7 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
         if step % config.eval_every == 0 or step == config.steps:
             val = validation_psnr()
+            best.offer(step, val["mean"], net)
             bar.write(f"step {step}: held-out replay PSNR " + ", ".join(f"{k} {v:.2f}" for k, v in val.items()))
             if writer is not None:
                 for cam, value in val.items():
@@ -290,10 +322,13 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         if writer is not None:
             writer.close()
         return {"steps": step, "loss_history": losses, "finished": False}
+    if config.keep_best and best.step >= 0:
+        net.load_state_dict(best.weights, strict=False)
     after = validation_psnr()
     summary = {"steps": step, "finished": True, "train_seconds": time.perf_counter() - start_time, "val_psnr": after,
                "val_psnr_before": before, "train_episodes": len(train_rows), "val_episodes": len(val_rows),
-               "frames_per_episode": int(pairs["generated"].shape[1]), "loss_history": losses}
+               "frames_per_episode": int(pairs["generated"].shape[1]), "loss_history": losses,
+               "val_mean_history": best.history, "kept_step": best.step if config.keep_best else step}
     if accelerator.is_main_process:
         net.eval()
         model.model_card = _model_card(model.model_card, config, summary)
@@ -307,6 +342,9 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
 
 def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
     before = summary["val_psnr_before"]
+    kept = (f" The decoder kept is that of step {summary['kept_step']}, the best held-out validation (mean PSNR, "
+            f"checked every {config.eval_every} steps; chosen on the episodes below, so their figure is optimistic)."
+            if config.keep_best else "")
     rows = "\n".join(f"| {cam} | {before[cam]:.2f} | {value:.2f} |" if before else f"| {cam} | | {value:.2f} |"
                      for cam, value in summary["val_psnr"].items())
     return (card.rstrip() + f"""
@@ -316,7 +354,7 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
 The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
 generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
 against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame
-latents, decoded {config.real_decoding}).
+latents, decoded {config.real_decoding}).{kept}
 Figures above that involve decoding were measured with the previous decoder.
 
 - command: `{config.command or '(python API)'}`
@@ -352,6 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             ("grad_clip", "max gradient norm, 0 = off")):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                             help=f"{help_text} ({getattr(d, name)})")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="end with the decoder of the best held-out validation (mean PSNR over cameras, checked "
+                             "every --eval-every steps) instead of the last one; the model card says which step")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
