@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -67,32 +67,49 @@ def carry_success_detector(source_model: Any, dest_model_dir: str | os.PathLike)
 class SuccessReward:
     """``(obs, info) -> 1.0 | 0.0``: the detector's verdict on the latest frame of every camera.
 
-    Adds ``info["success_probability"]`` (float) and ``info["success"]`` (bool) and reads the
-    instruction from ``info["instruction"]``.
+    A frame counts as a success when P(success) exceeds ``threshold``; the episode does once that has held on
+    ``consecutive_steps`` steps in a row (a single confident frame of a blurred generated rollout is not enough).
+    Adds ``info["success_probability"]`` (float), ``info["success_frame"]`` (this frame's verdict) and
+    ``info["success"]`` (the episode's, which the reward and termination follow) and reads the instruction from
+    ``info["instruction"]``. The run of successful frames is kept per env slot: an env calls :meth:`reset` for the
+    slots it restarts and passes ``slot`` when one reward serves several sub-envs.
 
     Args:
         detector: the success detector.
-        threshold: P(success) above which the step counts as a success (None: the detector's own).
+        threshold: P(success) above which a frame counts as a success (None: the detector's own).
         height, width: the environment's image size (must match the detector's).
+        consecutive_steps: steps in a row needed (None: the detector's own).
     """
 
     def __init__(self, detector: SuccessDetector, threshold: float | None = None, height: int | None = None,
-                 width: int | None = None) -> None:
+                 width: int | None = None, consecutive_steps: int | None = None) -> None:
         cfg = detector.config
         threshold = cfg.threshold if threshold is None else float(threshold)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"success_threshold must be in (0, 1), got {threshold}")
+        steps = cfg.consecutive_steps if consecutive_steps is None else int(consecutive_steps)
+        if steps < 1:
+            raise ValueError(f"success_steps must be >= 1, got {consecutive_steps}")
         if (height, width) != (None, None) and (height, width) != (cfg.height, cfg.width):
             raise ValueError(f"the success detector expects {cfg.height}x{cfg.width} frames, the environment makes "
                              f"{height}x{width}; use a detector trained at this size")
-        self.detector, self.threshold = detector, threshold
+        self.detector, self.threshold, self.consecutive_steps = detector, threshold, steps
+        self._runs: dict[int, int] = {}
+
+    def reset(self, slots: Iterable[int] = (0,)) -> None:
+        """Start new episodes in ``slots`` (their runs of successful frames restart at 0)."""
+        for slot in slots:
+            self._runs[int(slot)] = 0
 
     def probability(self, obs: dict, instruction: str) -> float:
         """P(success) of the latest frame of each camera in ``obs``."""
         frames = np.stack([obs[c][-1] for c in self.detector.config.cameras])
         return float(self.detector.predict_proba(frames[None], [instruction])[0])
 
-    def __call__(self, obs: dict, info: dict) -> float:
+    def __call__(self, obs: dict, info: dict, slot: int = 0) -> float:
         p = self.probability(obs, str(info.get("instruction", "")))
-        info["success_probability"], info["success"] = p, p > self.threshold
+        frame = p > self.threshold
+        self._runs[slot] = self._runs.get(slot, 0) + 1 if frame else 0
+        info["success_probability"], info["success_frame"] = p, frame
+        info["success"] = self._runs[slot] >= self.consecutive_steps
         return 1.0 if info["success"] else 0.0

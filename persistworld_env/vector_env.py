@@ -21,7 +21,7 @@ from persistworld_env.constants import CAMERAS, MODEL_FPS
 from persistworld_env.registration import MAX_EPISODE_STEPS
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
 from persistworld_env.world_model_env import (RewardFn, build_reward, fresh_copy, load_engine, make_starts,
-                                              resolve_start, step_info)
+                                              resolve_start, restart_reward, slot_reward, step_info)
 
 
 class PersistWorldVectorEnv(VectorEnv):
@@ -42,7 +42,8 @@ class PersistWorldVectorEnv(VectorEnv):
                  sampling_steps: int | None = None, guidance: float | None = None, reward: RewardFn | None = None,
                  initial_state: str = "sim", task: str | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step",
-                 success_detector: Any = None, success_threshold: float | None = None) -> None:
+                 success_detector: Any = None, success_threshold: float | None = None,
+                 success_steps: int | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:
@@ -57,7 +58,8 @@ class PersistWorldVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         if reward == "goal":
             raise ValueError("reward='goal' needs goal images per episode: use the single env (PersistWorldEnv)")
-        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width)
+        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width,
+                                      success_steps)
         self._terminate_on_success = reward == "success"
         self.task, self.max_episode_steps = task, max_episode_steps
         self.starts = make_starts(initial_state, cfg.height, cfg.width)
@@ -96,6 +98,7 @@ class PersistWorldVectorEnv(VectorEnv):
             self._clips[i] = np.repeat(frames[k][None], 4, axis=0)
             self._poses[i], self._instructions[i] = poses[k], instructions[k]
             self._elapsed[i], self._needs_reset[i] = 0, False
+        restart_reward(self.reward_fn, slots)
         return infos
 
     @staticmethod
@@ -140,8 +143,8 @@ class PersistWorldVectorEnv(VectorEnv):
         self._elapsed += 1
         infos = [step_info(self._instructions[i], self._start_infos[i], poses[i, -1]) for i in range(self.num_envs)]
         obs = self._observations()
-        rewards = np.array([float(self.reward_fn({k: v[i] for k, v in obs.items()}, infos[i]))
-                            if self.reward_fn is not None else 0.0 for i in range(self.num_envs)])
+        rewards = np.array([slot_reward(self.reward_fn, {k: v[i] for k, v in obs.items()}, infos[i], i)
+                            for i in range(self.num_envs)])
         terminated = np.array([self._terminate_on_success and bool(info.get("success")) for info in infos])
         truncated = self._elapsed >= self.max_episode_steps
         if len(finished):  # NEXT_STEP autoreset: these slots start over instead of stepping

@@ -8,7 +8,7 @@ actions and ``info["fidelity"]`` reports per-camera PSNR/SSIM of the model again
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -57,19 +57,35 @@ def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: f
 
 
 def build_reward(reward: Any, model: Any, device: str, success_detector: Any, success_threshold: float | None,
-                 height: int, width: int) -> RewardFn | None:
+                 height: int, width: int, success_steps: int | None = None) -> RewardFn | None:
     """The ``(obs, info) -> float`` reward of an env's ``reward`` argument (see :class:`PersistWorldEnv`)."""
     if reward is not None and reward not in ("goal", "success") and not callable(reward):
         raise ValueError(f"reward must be None, 'goal', 'success' or a callable (obs, info) -> float, got {reward!r}")
-    if reward != "success" and (success_detector is not None or success_threshold is not None):
-        raise ValueError("success_detector and success_threshold are only used with reward='success'")
+    if reward != "success" and (success_detector is not None or success_threshold is not None
+                                or success_steps is not None):
+        raise ValueError("success_detector, success_threshold and success_steps are only used with reward='success'")
     if reward == "goal":
         return goal_reward
     if reward == "success":
         from persistworld_env.success import SuccessReward, load_success_detector
 
-        return SuccessReward(load_success_detector(success_detector, model, device), success_threshold, height, width)
+        return SuccessReward(load_success_detector(success_detector, model, device), success_threshold, height, width,
+                             success_steps)
     return reward
+
+
+def restart_reward(reward_fn: RewardFn | None, slots: Sequence[int] = (0,)) -> None:
+    """Tell a stateful reward (one with ``reset(slots)``, like :class:`~persistworld_env.success.SuccessReward`)
+    that ``slots`` start episodes."""
+    if hasattr(reward_fn, "reset"):
+        reward_fn.reset(slots)
+
+
+def slot_reward(reward_fn: RewardFn | None, obs: dict, info: dict, slot: int) -> float:
+    """``reward_fn(obs, info)`` of sub-env ``slot`` (passed on to a stateful reward); 0.0 without a reward."""
+    if reward_fn is None:
+        return 0.0
+    return float(reward_fn(obs, info, slot=slot) if hasattr(reward_fn, "reset") else reward_fn(obs, info))
 
 
 def step_info(instruction: str, start_info: dict, pose: np.ndarray) -> dict[str, Any]:
@@ -105,7 +121,9 @@ class PersistWorldEnv(gym.Env):
             ``(obs, info) -> float``.
         success_detector: for ``reward="success"``: a detector directory or loaded ``SuccessDetector``;
             default: the ``success_detector/`` folder of the model directory.
-        success_threshold: P(success) above which a step succeeds (None: the detector's own, 0.5).
+        success_threshold: P(success) above which a frame counts as a success (None: the detector's own).
+        success_steps: steps in a row whose frames must count before the episode succeeds (None: the
+            detector's own; see :class:`~persistworld_env.success.SuccessReward`).
         initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
             (``reset(options={"episode": i})``).
         task: MiniDROID task family for simulator starts (None: random).
@@ -131,7 +149,7 @@ class PersistWorldEnv(gym.Env):
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
                  timing_info: bool = False, uncertainty_samples: int = 0, success_detector: Any = None,
-                 success_threshold: float | None = None) -> None:
+                 success_threshold: float | None = None, success_steps: int | None = None) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
@@ -142,7 +160,8 @@ class PersistWorldEnv(gym.Env):
         self.observation_space = observation_space(cfg.height, cfg.width)
         self.action_space = action_space()
         self.render_mode, self.task = render_mode, task
-        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width)
+        self.reward_fn = build_reward(reward, model, device, success_detector, success_threshold, cfg.height, cfg.width,
+                                      success_steps)
         self._terminate_on_success = reward == "success"
         self._goal: np.ndarray | None = None
         self.timing_info, self.last_step_seconds = timing_info, 0.0
@@ -190,6 +209,7 @@ class PersistWorldEnv(gym.Env):
                           seeds=[episode_seed])
         self._clip = np.repeat(start.frames[None], 4, axis=0)
         self._pose, self._instruction, self._start_info = start.pose.astype(np.float32), start.instruction, start.info
+        restart_reward(self.reward_fn)
         if self.ground_truth is not None:  # the very same scene as the model's start
             self.ground_truth.reset(options={"task": start.info["task"], "episode_seed": start.info["episode_seed"]})
         return self._observation(), {"instruction": start.instruction, **fresh_copy(start.info)}

@@ -1,4 +1,4 @@
-"""Fixtures shared by the data-pipeline tests."""
+"""Fixtures shared by the tests."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,3 +33,17 @@ def sim_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sim_24x40") / "minidroid"
     generate_dataset(root, 3, workers=1, height=24, width=40, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised ``tiny`` world model at 24x40, saved once (tests must not write into it)."""
+    import torch
+
+    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.sim.env import default_pose_normalizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel.build("tiny", default_pose_normalizer(), height=24, width=40).save_pretrained(d)
+    return d

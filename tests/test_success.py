@@ -282,6 +282,38 @@ def test_batched_env_success_reward_terminates_and_resets_in_place(model_dir, de
         PersistWorldVectorEnv(num_envs=2, model=str(model_dir), reward="goal")
 
 
+def test_success_needs_consecutive_steps_per_episode_and_slot(model_dir, detector_dir):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=1, reward="success", success_detector=str(detector_dir),
+                          success_threshold=1e-6, success_steps=3)  # every frame passes; the third in a row counts
+    for _ in range(2):  # a reset starts the run again
+        obs, _ = env.reset(seed=0)
+        hold = np.tile(obs["pose"], (4, 1))
+        outcomes = [env.step(hold) for _ in range(3)]
+        assert [o[1] for o in outcomes] == [0.0, 0.0, 1.0] and [o[2] for o in outcomes] == [False, False, True]
+        assert all(o[4]["success_frame"] for o in outcomes) and [o[4]["success"] for o in outcomes] == [0, 0, 1]
+    env.close()
+    venv = PersistWorldVectorEnv(num_envs=2, model=str(model_dir), sampling_steps=1, reward="success",
+                                 success_detector=str(detector_dir), success_threshold=1e-6, success_steps=2,
+                                 autoreset="same_step")
+    obs, _ = venv.reset(seed=[0, 1])
+    hold = np.tile(obs["pose"][:, None], (1, 4, 1))
+    assert venv.step(hold)[1].tolist() == [0.0, 0.0]
+    assert venv.step(hold)[1].tolist() == [1.0, 1.0]  # both slots' second frame; both restart in place
+    assert venv.step(hold)[1].tolist() == [0.0, 0.0]
+    venv.close()
+    det = SuccessDetector.from_pretrained(detector_dir)
+    from persistworld_env.success import SuccessReward
+    assert SuccessReward(det).consecutive_steps == det.config.consecutive_steps == 1
+    with pytest.raises(ValueError, match="success_steps"):
+        SuccessReward(det, consecutive_steps=0)
+    with pytest.raises(ValueError, match="consecutive_steps"):
+        detector_config("tiny", consecutive_steps=0)
+    with pytest.raises(ValueError, match="only used with reward='success'"):
+        PersistWorldEnv(model=str(model_dir), success_steps=2)
+
+
 def test_success_detector_found_in_the_model_directory(model_dir, detector_dir, tmp_path):
     with_detector = tmp_path / "wm"
     shutil.copytree(model_dir, with_detector)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
 import persistworld_env  # noqa: F401
 from persistworld_env.constants import CAMERAS
 from persistworld_env.models.autoencoder import ModelLoadError
-from persistworld_env.models.world_model import WorldModel
-from persistworld_env.sim.env import default_pose_normalizer
 from persistworld_env.sim.generation import generate_dataset
 from persistworld_env.spaces import InvalidActionError
 from persistworld_env.world_model_env import PersistWorldEnv
@@ -20,11 +17,8 @@ H, W = 24, 40
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("wm") / "tiny"
-    WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W).save_pretrained(d)
-    return d
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # 24x40 = H x W
 
 
 @pytest.fixture()

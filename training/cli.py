@@ -20,6 +20,8 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
                                               "replays (sharper, truer frames; denoiser unchanged)"),
     ("average", "training.average", "average the weights of several fine-tunes of one base model (a model soup)"),
     ("quality", "training.quality", "print a world model's fidelity on held-out episodes (VAE, one clip, replay)"),
+    ("collect-success-frames", "training.success_frames", "world-model frames of a policy zoo labelled by the "
+     "simulator on the same actions (training data for the success detector)"),
     ("train-success", "training.train_success", "train the success detector (views + instruction -> P(success))"),
     ("evaluate", "training.evaluate", "replay fidelity of world models: metrics.json, curves, videos, sign tests, Elo"),
     ("policy-eval", "training.policy_eval", "policy zoo in the simulator vs in world models: Pearson r and MMRV"),

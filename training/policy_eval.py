@@ -32,7 +32,8 @@ def sim_env(height: int, width: int, task: str | None):
 
 def model_env(model: str, num_envs: int = 1, *, device: str = "cpu", sampling_steps: int | None = None,
               guidance: float | None = None, task: str | None = None, max_steps: int = 25,
-              success_detector: str | None = None, success_threshold: float | None = None):
+              success_detector: str | None = None, success_threshold: float | None = None,
+              success_steps: int | None = None):
     """The world model as a vector env whose per-step ``info["success"]`` is its learned success detector.
 
     One env: ``PersistWorldEnv(reward="success")`` (the detector from ``success_detector`` or the model
@@ -47,11 +48,13 @@ def model_env(model: str, num_envs: int = 1, *, device: str = "cpu", sampling_st
     common = dict(model=model, device=device, sampling_steps=sampling_steps, guidance=guidance, task=task)
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([lambda: PersistWorldEnv(
-            reward="success", success_detector=success_detector, success_threshold=success_threshold, **common)])
+            reward="success", success_detector=success_detector, success_threshold=success_threshold,
+            success_steps=success_steps, **common)])
     from persistworld_env.success import SuccessReward, load_success_detector
     from persistworld_env.vector_env import PersistWorldVectorEnv
 
-    reward = SuccessReward(load_success_detector(success_detector, model, device), success_threshold)
+    reward = SuccessReward(load_success_detector(success_detector, model, device), success_threshold,
+                           consecutive_steps=success_steps)
     return PersistWorldVectorEnv(num_envs=num_envs, reward=reward, max_episode_steps=max_steps, **common)
 
 
@@ -142,7 +145,8 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
                     experts: Sequence[str] = ("careful", "noisy", "sloppy"), include_random: bool = True,
                     task: str | None = None, num_envs: int = 1, sampling_steps: int | None = None,
                     guidance: float | None = None, success_detector: str | None = None,
-                    success_threshold: float | None = None, bootstrap: int = 1000, device: str = "cpu",
+                    success_threshold: float | None = None, success_steps: int | None = None,
+                    bootstrap: int = 1000, device: str = "cpu",
                     progress: bool = True, command: str | None = None) -> dict:
     """Run the zoo in the simulator and in every model; write ``out`` and return policy_eval.json's content."""
     from persistworld_env.constants import DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -188,11 +192,11 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
     for spec in specs:
         venv = model_env(spec.path, num_envs, device=device, sampling_steps=sampling_steps, guidance=guidance,
                          task=task, max_steps=max_steps, success_detector=success_detector,
-                         success_threshold=success_threshold)
+                         success_threshold=success_threshold, success_steps=success_steps)
         try:
             settings = {"model_sha256": files_sha256(model_directory(spec.path)), "sampling_steps": sampling_steps,
                         "guidance": guidance, "success_detector_sha256": files_sha256(success_detector),
-                        "success_threshold": success_threshold}
+                        "success_threshold": success_threshold, "success_steps": success_steps}
             results[spec.name] = {"path": spec.path, "success": run_all(venv, f"model-{spec.name}", settings)}
         finally:
             venv.close()
@@ -235,6 +239,19 @@ def print_table(doc: dict) -> None:
     Console().print(table)
 
 
+def add_zoo_arguments(parser: argparse.ArgumentParser, bc_budgets: Sequence[int]) -> None:
+    """The policy-zoo options (:func:`build_zoo`), shared with ``collect-success-frames``."""
+    parser.add_argument("--bc-budgets", type=int, nargs="*", default=list(bc_budgets),
+                        help="behaviour-cloning training steps, one policy each (default: "
+                             f"{' '.join(map(str, bc_budgets))})")
+    parser.add_argument("--bc-policy", action="append", default=[], metavar="NAME=DIR",
+                        help="an already trained behaviour-cloning policy directory (repeatable)")
+    parser.add_argument("--bc-episodes", type=int, default=100, help="training episodes for behaviour cloning")
+    parser.add_argument("--experts", nargs="*", default=["careful", "noisy", "sloppy"],
+                        choices=["careful", "noisy", "sloppy"], help="scripted expert noise levels")
+    parser.add_argument("--no-random", dest="include_random", action="store_false", help="leave out the random policy")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
                         help="world model (repeat for several); its directory should hold success_detector/ "
@@ -244,14 +261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=20, help="episodes per policy and world (default: 20)")
     parser.add_argument("--max-steps", type=int, default=20, help="env steps of 0.8 s per episode (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default: 0)")
-    parser.add_argument("--bc-budgets", type=int, nargs="*", default=[200, 1000, 4000],
-                        help="behaviour-cloning training steps, one policy each (default: 200 1000 4000)")
-    parser.add_argument("--bc-policy", action="append", default=[], metavar="NAME=DIR",
-                        help="an already trained behaviour-cloning policy directory (repeatable)")
-    parser.add_argument("--bc-episodes", type=int, default=100, help="training episodes for behaviour cloning")
-    parser.add_argument("--experts", nargs="*", default=["careful", "noisy", "sloppy"],
-                        choices=["careful", "noisy", "sloppy"], help="scripted expert noise levels")
-    parser.add_argument("--no-random", dest="include_random", action="store_false", help="leave out the random policy")
+    add_zoo_arguments(parser, bc_budgets=(200, 1000, 4000))
     parser.add_argument("--task", choices=["pick", "place", "push"], default=None, help="one task family only")
     parser.add_argument("--num-envs", type=int, default=1, help="world-model episodes stepped as one batch")
     parser.add_argument("--sampling-steps", type=int, default=None, help="override the models' sampling steps")
@@ -260,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(default: each model's success_detector/)")
     parser.add_argument("--success-threshold", type=float, default=None, help="P(success) threshold (default: "
                         "the detector's own)")
+    parser.add_argument("--success-steps", type=int, default=None, help="steps in a row the detector must judge a "
+                        "success before the episode counts (default: the detector's own)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the seeds")
     parser.add_argument("--device", default="cpu", help="torch device of the world models")
     return parser
@@ -271,7 +283,8 @@ def main(args: argparse.Namespace) -> int:
                           bc_episodes=args.bc_episodes, experts=args.experts, include_random=args.include_random,
                           task=args.task, num_envs=args.num_envs, sampling_steps=args.sampling_steps,
                           guidance=args.guidance, success_detector=args.success_detector,
-                          success_threshold=args.success_threshold, bootstrap=args.bootstrap, device=args.device,
+                          success_threshold=args.success_threshold, success_steps=args.success_steps,
+                          bootstrap=args.bootstrap, device=args.device,
                           command=getattr(args, "command_line", None))
     print_table(doc)
     print(f"wrote {Path(args.out) / 'policy_eval.json'}")

@@ -9,6 +9,13 @@ replacement. Augmentation: small random translations, blur, brightness jitter an
 (generated frames are never pixel-perfect, and decoded ones are soft). AdamW with warm-up and cosine
 decay; binary cross-entropy.
 
+World-model frames (``--rollout-frames``, made by ``persistworld collect-success-frames``): frames a world
+model generated for a policy zoo, labelled by the simulator run on the same actions. A ``--rollout-fraction``
+share of every batch (balanced as well) comes from them, so the detector learns what success does and does not
+look like in generated frames; their episodes with ``seed % rollout_val_mod == rollout_val_mod - 1`` are held out
+and reported per policy (false fires: the detector fires in an episode the simulator never solved).
+``--init-from`` starts from an existing detector.
+
 Held out: the dataset's validation episodes (``episode_index % val_mod == val_rem``, DROID's 100 / 99,
 as in pre-training). Reported: accuracy, balanced accuracy, true positive / negative rates (all and per
 task family) at the decision threshold, and per-episode agreement of "the detector fires at some frame"
@@ -63,6 +70,12 @@ class SuccessTrainConfig:
     noise_std: float = 0.03               # Gaussian pixel noise in [-1, 1] units (0 = off)
     blur: float = 0.3                     # probability of a 3x3 binomial blur per image (decoded frames are soft)
     threshold: float = 0.5
+    consecutive_steps: int = 1            # env steps in a row a success must hold (stored in the detector's config)
+    #: World-model frames labelled by the simulator (``persistworld collect-success-frames``): files or folders.
+    rollout_frames: tuple[str, ...] = ()
+    rollout_fraction: float = 0.5         # share of every batch drawn from them (balanced as well)
+    rollout_val_mod: int = 4              # their episodes with seed % mod == mod - 1 are held out
+    init_from: str | None = None          # start from this detector's weights (same size) instead of at random
     seed: int = 0
     val_mod: int = 100
     val_rem: int = 99
@@ -134,6 +147,26 @@ def load_split(config: SuccessTrainConfig, split: str, labels: str | None) -> La
                           np.concatenate(episodes))
 
 
+def load_rollout_frames(config: SuccessTrainConfig):
+    """(train, held-out) :class:`SuccessFrames` of ``config.rollout_frames``, split by reset seed; None when none."""
+    from persistworld_env.evaluation.success_frames import SuccessFrames
+    from training.success_frames import FRAMES_FILE
+
+    if not config.rollout_frames:
+        return None
+    if not 0.0 < config.rollout_fraction < 1.0 or config.rollout_val_mod < 2:
+        raise ValueError(f"rollout_fraction must be in (0, 1) and rollout_val_mod >= 2, got {config.rollout_fraction} "
+                         f"and {config.rollout_val_mod}")
+    paths = [Path(p) / FRAMES_FILE if Path(p).is_dir() else Path(p) for p in config.rollout_frames]
+    frames = SuccessFrames.concatenate([SuccessFrames.load(p) for p in paths])
+    held_out = frames.seeds % config.rollout_val_mod == config.rollout_val_mod - 1
+    train, val = frames.select(np.flatnonzero(~held_out)), frames.select(np.flatnonzero(held_out))
+    if train.labels.all() or not train.labels.any():
+        raise ValueError(f"the rollout frames need success and failure rows for training, got {int(train.labels.sum())} "
+                         f"of {len(train)} successes")
+    return train, val
+
+
 def balanced_indices(labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """``batch_size`` indices, half (rounded down) of success frames and the rest of failure frames."""
     pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
@@ -141,6 +174,21 @@ def balanced_indices(labels: np.ndarray, batch_size: int, rng: np.random.Generat
         raise ValueError(f"balanced sampling needs both success and failure frames, got {len(pos)} and {len(neg)}")
     half = batch_size // 2
     return np.concatenate([rng.choice(pos, half), rng.choice(neg, batch_size - half)])
+
+
+def training_batch(train: LabelledFrames, rollouts, config: SuccessTrainConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(frames, labels, instructions) of one balanced batch: a ``rollout_fraction`` share from the world-model
+    ``rollouts`` (:class:`SuccessFrames`, when given), the rest from the dataset, each half success frames."""
+    n_roll = int(round(config.batch_size * config.rollout_fraction)) if rollouts is not None else 0
+    idx = balanced_indices(train.labels, config.batch_size - n_roll, rng)
+    frames, labels, instructions = [train.frames[idx]], [train.labels[idx]], [train.instructions[i] for i in idx]
+    if n_roll:
+        ridx = balanced_indices(rollouts.labels, n_roll, rng)
+        frames.append(rollouts.frames[ridx])
+        labels.append(rollouts.labels[ridx])
+        instructions += [str(t) for t in rollouts.instructions[ridx]]
+    return np.concatenate(frames), np.concatenate(labels), instructions
 
 
 def blur3(x: torch.Tensor) -> torch.Tensor:
@@ -188,10 +236,39 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: flo
 
 
 @torch.no_grad()
-def predict(model, data: LabelledFrames, batch_size: int = 256) -> np.ndarray:
-    """P(success) of every frame of ``data``."""
-    return np.concatenate([model.predict_proba(data.frames[i:i + batch_size], data.instructions[i:i + batch_size])
+def predict(model, data, batch_size: int = 256) -> np.ndarray:
+    """P(success) of every frame of ``data`` (:class:`LabelledFrames` or :class:`SuccessFrames`)."""
+    return np.concatenate([model.predict_proba(data.frames[i:i + batch_size], list(data.instructions[i:i + batch_size]))
                            for i in range(0, len(data), batch_size)])
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D bool array."""
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
+
+
+def evaluate_rollouts(model, data, threshold: float, consecutive_steps: int = 1) -> dict[str, Any]:
+    """On held-out world-model frames (:class:`SuccessFrames`): frame metrics, and per policy the episodes in which
+    the detector fires (``consecutive_steps`` steps in a row) against those in which the simulator succeeded at
+    some step."""
+    probs = predict(model, data)
+    result: dict[str, Any] = classification_metrics(probs, data.labels, threshold)
+    per_policy = {}
+    for name in sorted(set(data.policies.tolist())):
+        sel = data.policies == name
+        seeds = np.unique(data.seeds[sel])
+        fired = np.array([longest_run(probs[sel & (data.seeds == s)][np.argsort(data.steps[sel & (data.seeds == s)])]
+                                      > threshold) >= consecutive_steps for s in seeds])
+        solved = np.array([data.labels[sel & (data.seeds == s)].any() for s in seeds])
+        per_policy[name] = {"episodes": int(len(seeds)), "sim_success": float(solved.mean()),
+                            "detector_success": float(fired.mean()),
+                            "false_fires": int((fired & ~solved).sum()), "misses": int((~fired & solved).sum())}
+    result["per_policy"] = per_policy
+    return result
 
 
 def evaluate(model, data: LabelledFrames, threshold: float) -> tuple[dict[str, Any], np.ndarray]:
@@ -249,6 +326,35 @@ def _fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
 
 
+def rollout_section(config: SuccessTrainConfig, summary: dict) -> str:
+    """The model card's part on world-model frames (empty without them)."""
+    roll = summary.get("rollouts")
+    if not roll:
+        return ""
+    val = roll["val"]
+    text = f"""## World-model frames
+
+Trained as well on {roll['train_rows']} frames generated by a world model ({roll['train_positives']} labelled success
+by the simulator on the same actions; `persistworld collect-success-frames`, files {', '.join(config.rollout_frames)}),
+{config.rollout_fraction:.0%} of every batch{f", starting from the detector {config.init_from}" if config.init_from else ""}.
+"""
+    if val is None:
+        return text + "\n"
+    rows = "\n".join(f"| {name} | {m['episodes']} | {m['sim_success']:.2f} | {m['detector_success']:.2f} | "
+                     f"{m['false_fires']} | {m['misses']} |" for name, m in val["per_policy"].items())
+    return text + f"""
+Held out: the episodes with seed % {config.rollout_val_mod} == {config.rollout_val_mod - 1} ({val['frames']} frames,
+{val['positives']} success frames): accuracy {_fmt(val['accuracy'])}, balanced {_fmt(val['balanced_accuracy'])},
+TPR {_fmt(val['tpr'])}, TNR {_fmt(val['tnr'])}. Per policy, episodes in which the simulator succeeded at some step
+and in which the detector fired at some step on the model's frames:
+
+| policy | episodes | simulator success | detector success | false fires | misses |
+|---|---|---|---|---|---|
+{rows}
+
+"""
+
+
 def model_card(config: SuccessTrainConfig, summary: dict) -> str:
     """README.md of the trained detector: data, command, steps, held-out metrics."""
     val = summary["val"]
@@ -263,7 +369,8 @@ P(task solved) from the latest frame of the three cameras ({', '.join(summary['c
 instruction: a {summary['parameters']:,}-parameter CNN with instruction FiLM
 (`persistworld_env.models.success_detector.SuccessDetector`). Load with
 `SuccessDetector.from_pretrained(dir)`; `PersistWorldEnv(reward="success")` uses it (a world model directory's
-`success_detector/` subfolder, or `success_detector=dir`). Decision threshold: {config.threshold}.
+`success_detector/` subfolder, or `success_detector=dir`). Decision threshold: {config.threshold}; an episode
+succeeds once {config.consecutive_steps} step(s) in a row pass it.
 
 - data: `{config.data_dir}`, frames every {config.frame_step} data ticks (5 Hz), {summary['image_size']} per camera;
   {summary['train_episodes']} training episodes ({summary['train_frames']} frames, {summary['train_positives']} success
@@ -287,7 +394,7 @@ Episode level: "fires at some frame" agrees with "succeeded at some frame" in
 The held-out set is small (the dataset's validation rule); frames are the simulator's, and frames generated
 by a world model differ from them, so treat the detector's verdicts on generated frames with that in mind.
 
-## Training configuration
+{rollout_section(config, summary)}## Training configuration
 
 ```json
 {json.dumps(dataclasses.asdict(config), indent=2)}
@@ -312,10 +419,22 @@ def train_success_detector(config: SuccessTrainConfig) -> dict:
     labels_path = resolve_labels(config)
     train, val = load_split(config, "train", labels_path), load_split(config, "val", labels_path)
     height, width = train.frames.shape[2:4]
-    overrides: dict[str, Any] = {"height": int(height), "width": int(width), "threshold": config.threshold}
+    overrides: dict[str, Any] = {"height": int(height), "width": int(width), "threshold": config.threshold,
+                                 "consecutive_steps": config.consecutive_steps}
     if config.channels:
         overrides["channels"] = tuple(config.channels)
-    model = SuccessDetector(detector_config(config.scale, **overrides)).to(config.device)
+    rollouts = load_rollout_frames(config)
+    if rollouts is not None and rollouts[0].frames.shape[2:4] != (height, width):
+        raise ValueError(f"rollout frames are {rollouts[0].frames.shape[2:4]}, the dataset's {(height, width)}")
+    if config.init_from:
+        model = SuccessDetector.from_pretrained(config.init_from, device=config.device)
+        if (model.config.height, model.config.width) != (height, width):
+            raise ValueError(f"--init-from {config.init_from} expects {model.config.height}x{model.config.width} "
+                             f"frames, the dataset has {height}x{width}")
+        model.config = dataclasses.replace(model.config, threshold=config.threshold,
+                                           consecutive_steps=config.consecutive_steps)
+    else:
+        model = SuccessDetector(detector_config(config.scale, **overrides)).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(config, s))
     writer = SummaryWriter(str(out / "logs"))
@@ -324,10 +443,10 @@ def train_success_detector(config: SuccessTrainConfig) -> dict:
     model.train()
     for step in bar:
         rng = np.random.default_rng((config.seed, step))
-        idx = balanced_indices(train.labels, config.batch_size, rng)
-        x = augment(uint8_to_float(train.frames[idx]), config, rng).to(config.device)
-        y = torch.from_numpy(train.labels[idx].astype(np.float32)).to(config.device)
-        logits = model(x, [train.instructions[i] for i in idx])
+        frames, labels, instructions = training_batch(train, rollouts[0] if rollouts else None, config, rng)
+        x = augment(uint8_to_float(frames), config, rng).to(config.device)
+        y = torch.from_numpy(labels.astype(np.float32)).to(config.device)
+        logits = model(x, instructions)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -356,6 +475,11 @@ def train_success_detector(config: SuccessTrainConfig) -> dict:
     metrics, probs = evaluate(model, val, config.threshold)
     for key in ("accuracy", "balanced_accuracy", "tpr", "tnr"):
         writer.add_scalar(f"val/{key}", metrics[key], config.steps)
+    rollout_metrics = (evaluate_rollouts(model, rollouts[1], config.threshold, config.consecutive_steps)
+                       if rollouts and len(rollouts[1]) else None)
+    if rollout_metrics is not None:
+        for key in ("accuracy", "balanced_accuracy", "tpr", "tnr"):
+            writer.add_scalar(f"val_rollouts/{key}", rollout_metrics[key], config.steps)
     writer.close()
     summary = {
         "steps": config.steps, "train_seconds": train_seconds, "threads": torch.get_num_threads(),
@@ -366,6 +490,9 @@ def train_success_detector(config: SuccessTrainConfig) -> dict:
         "labels_source": (f"re-simulation by seed, file `{labels_path}`" if labels_path
                           else "the dataset's per-frame `is_success` column"),
         "val": metrics, "out_dir": str(out),
+        "rollouts": None if rollouts is None else {
+            "train_rows": len(rollouts[0]), "train_positives": int(rollouts[0].labels.sum()),
+            "val_rows": len(rollouts[1]), "val": rollout_metrics},
     }
     model.save_pretrained(out, model_card=model_card(config, summary))
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
@@ -394,6 +521,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--noise-std", type=float, default=d.noise_std, help=f"pixel noise, [-1, 1] units ({d.noise_std})")
     parser.add_argument("--blur", type=float, default=d.blur, help=f"probability of blurring an image ({d.blur})")
     parser.add_argument("--threshold", type=float, default=d.threshold, help=f"decision threshold ({d.threshold})")
+    parser.add_argument("--consecutive-steps", type=int, default=d.consecutive_steps,
+                        help="env steps in a row a success must hold before the episode counts, stored as the "
+                             f"detector's default ({d.consecutive_steps})")
+    parser.add_argument("--rollout-frames", nargs="+", default=[], metavar="PATH",
+                        help="world-model frames labelled by the simulator (outputs of collect-success-frames)")
+    parser.add_argument("--rollout-fraction", type=float, default=d.rollout_fraction,
+                        help=f"share of every batch drawn from the rollout frames ({d.rollout_fraction})")
+    parser.add_argument("--rollout-val-mod", type=int, default=d.rollout_val_mod,
+                        help=f"rollout episodes with seed %% mod == mod - 1 are held out ({d.rollout_val_mod})")
+    parser.add_argument("--init-from", default=None, help="start from this detector directory's weights")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--val-mod", type=int, default=d.val_mod, help="held out: episode %% val_mod == val_rem (100)")
     parser.add_argument("--val-rem", type=int, default=d.val_rem, help="held-out remainder (99)")
@@ -417,7 +554,10 @@ def config_from_args(args: argparse.Namespace, command: str | None = None) -> Su
         data_dir=args.data, out_dir=args.out, labels=args.labels, scale=args.scale,
         channels=tuple(args.channels) if args.channels else None, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, shift=args.shift,
-        brightness=args.brightness, noise_std=args.noise_std, blur=args.blur, threshold=args.threshold, seed=args.seed,
+        brightness=args.brightness, noise_std=args.noise_std, blur=args.blur, threshold=args.threshold,
+        consecutive_steps=args.consecutive_steps,
+        rollout_frames=tuple(args.rollout_frames), rollout_fraction=args.rollout_fraction,
+        rollout_val_mod=args.rollout_val_mod, init_from=args.init_from, seed=args.seed,
         val_mod=args.val_mod, val_rem=args.val_rem,
         val_episodes=tuple(args.val_episodes) if args.val_episodes else None,
         max_train_episodes=args.max_train_episodes, cache_dir=args.cache_dir, label_workers=args.label_workers,

@@ -58,6 +58,8 @@ class SuccessDetectorConfig:
     vocabulary: tuple[str, ...] = MINIDROID_VOCABULARY
     #: Probability above which a frame counts as a success (the env's default threshold).
     threshold: float = 0.5
+    #: Env steps in a row whose frames count as a success before the episode does (the env's default).
+    consecutive_steps: int = 1
 
     def __post_init__(self) -> None:
         if not self.channels or min(self.channels) < 1 or self.text_dim < 1 or self.hidden < 1:
@@ -68,6 +70,8 @@ class SuccessDetectorConfig:
                              f"= {factor}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.consecutive_steps < 1:
+            raise ValueError(f"consecutive_steps must be >= 1, got {self.consecutive_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
