@@ -127,7 +127,8 @@ class PersistWorldEnv(gym.Env):
         initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
             (``reset(options={"episode": i})``).
         task: MiniDROID task family for simulator starts (None: random).
-        ground_truth: None or ``"sim"`` (step MiniDROID alongside and report fidelity in ``info``).
+        ground_truth: None or ``"sim"`` (step MiniDROID alongside and report fidelity in ``info``, with the
+            simulator's own task verdict as ``info["ground_truth_success"]``: the detector's check, live).
         render_mode: ``"rgb_array"`` or None.
         uncertainty_samples: K > 0 also samples K other clips for every step (without using them) and
             reports ``info["uncertainty"]``: per camera, the mean pixel standard deviation (0..1) over the
@@ -233,7 +234,8 @@ class PersistWorldEnv(gym.Env):
         self._clip, self._pose = out.frames[0], poses[-1]
         obs = self._observation()
         if self.ground_truth is not None:
-            truth, *_ = self.ground_truth.step(normalized)
+            truth, *_, truth_info = self.ground_truth.step(normalized)
+            info["ground_truth_success"] = bool(truth_info["success"])  # the simulator's task predicate
             truth = np.stack([truth[c] for c in CAMERAS], axis=1)
             self.ground_truth_clip = truth
             info["fidelity"] = {"psnr": dict(zip(CAMERAS, psnr(self._clip, truth).mean(0).tolist())),

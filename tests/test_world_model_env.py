@@ -59,6 +59,7 @@ def test_ground_truth_fidelity_and_user_start(model_dir):
     np.testing.assert_array_equal(env.ground_truth._clip[CAMERAS[2]], obs[CAMERAS[2]])
     _, _, _, _, info = env.step(np.tile(obs["pose"], (4, 1)))
     assert set(info["fidelity"]["psnr"]) == set(CAMERAS) and info["step_seconds"] > 0
+    assert info["ground_truth_success"] == env.ground_truth.sim.success()  # the simulator's verdict, same step
     frames = np.stack([obs[c][0] for c in CAMERAS])
     pose = env.model.normalizer.denormalize(obs["pose"])
     env2 = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
