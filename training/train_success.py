@@ -261,9 +261,12 @@ def evaluate_rollouts(model, data, threshold: float, consecutive_steps: int = 1)
     for name in sorted(set(data.policies.tolist())):
         sel = data.policies == name
         seeds = np.unique(data.seeds[sel])
-        fired = np.array([longest_run(probs[sel & (data.seeds == s)][np.argsort(data.steps[sel & (data.seeds == s)])]
-                                      > threshold) >= consecutive_steps for s in seeds])
-        solved = np.array([data.labels[sel & (data.seeds == s)].any() for s in seeds])
+        fired, solved = np.zeros(len(seeds), bool), np.zeros(len(seeds), bool)
+        for k, seed in enumerate(seeds):
+            episode = sel & (data.seeds == seed)
+            in_order = np.argsort(data.steps[episode])
+            fired[k] = longest_run(probs[episode][in_order] > threshold) >= consecutive_steps
+            solved[k] = data.labels[episode].any()
         per_policy[name] = {"episodes": int(len(seeds)), "sim_success": float(solved.mean()),
                             "detector_success": float(fired.mean()),
                             "false_fires": int((fired & ~solved).sum()), "misses": int((~fired & solved).sum())}

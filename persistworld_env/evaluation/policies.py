@@ -419,7 +419,7 @@ def step_success(info: Mapping[str, Any], terminated: np.ndarray) -> np.ndarray:
     return np.where(reported, values, terminated)
 
 
-def _slot(tree: Mapping[str, Any], i: int) -> dict[str, Any]:
+def slot_entries(tree: Mapping[str, Any], i: int) -> dict[str, Any]:
     """Sub-env ``i``'s entries of a vector observation or info dict (masked keys only where reported)."""
     out = {}
     for key, value in tree.items():
@@ -450,10 +450,10 @@ def run_policy(venv, spec: PolicySpec, seeds: Sequence[int], max_steps: int, nor
         obs, info = venv.reset(seed=chunk + [chunk[-1]] * (n - len(chunk)))  # padding slots are ignored
         policies = [spec.build() for _ in range(n)]
         for i, policy in enumerate(policies):
-            policy.reset(_slot(info, i), normalizer)
+            policy.reset(slot_entries(info, i), normalizer)
         done, success = np.zeros(n, bool), np.zeros(n, bool)
         for _ in range(max_steps):
-            actions = np.stack([policies[i].act(_slot(obs, i)) if not done[i]
+            actions = np.stack([policies[i].act(slot_entries(obs, i)) if not done[i]
                                 else np.tile(np.asarray(obs[POSE_KEY][i], np.float32), (FRAMES_PER_STEP, 1))
                                 for i in range(n)])
             obs, _, terminated, truncated, info = venv.step(actions)

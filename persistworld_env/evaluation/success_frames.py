@@ -88,7 +88,7 @@ def collect_success_frames(venv, spec, seeds: Sequence[int], max_steps: int, pro
     with no termination, ``venv.num_envs`` episodes at a time) and in MiniDROID on the same actions."""
     from tqdm.auto import tqdm
 
-    from persistworld_env.evaluation.policies import _slot
+    from persistworld_env.evaluation.policies import slot_entries
     from persistworld_env.sim.env import MiniDROIDSimEnv
 
     n = venv.num_envs
@@ -102,12 +102,12 @@ def collect_success_frames(venv, spec, seeds: Sequence[int], max_steps: int, pro
             obs, info = venv.reset(seed=chunk + [chunk[-1]] * (n - len(chunk)))  # padding slots are ignored
             policies, instructions = [spec.build() for _ in range(n)], []
             for i in range(len(chunk)):
-                slot_info = _slot(info, i)
+                slot_info = slot_entries(info, i)
                 policies[i].reset(slot_info, venv.model.normalizer)
                 sims[i].reset(options={"task": slot_info["task"], "episode_seed": slot_info["episode_seed"]})
                 instructions.append(slot_info["instruction"])
             for step in range(1, max_steps + 1):
-                actions = np.stack([policies[i].act(_slot(obs, i)) if i < len(chunk)
+                actions = np.stack([policies[i].act(slot_entries(obs, i)) if i < len(chunk)
                                     else np.tile(np.asarray(obs[POSE_KEY][i], np.float32), (FRAMES_PER_STEP, 1))
                                     for i in range(n)])
                 obs, _, terminated, truncated, _ = venv.step(actions)

@@ -120,7 +120,7 @@ def pose_gate(pose_change: torch.Tensor, position_scale: torch.Tensor, rotation_
 
     def term(distance: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         scale = scale.to(change.device)
-        return torch.where(scale > 0, (distance / scale.clamp_min(1e-12)) ** 2, torch.zeros_like(distance * scale))
+        return torch.where(scale > 0, (distance / scale.clamp_min(1e-12)) ** 2, 0.0)
 
     return torch.exp(-(term(position, position_scale) + term(rotation, rotation_scale)))
 
