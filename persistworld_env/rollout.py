@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from persistworld_env.constants import FRAMES_PER_STEP, POSE_DIM
-from persistworld_env.models.clip_sampler import SamplerConfig, sample_clip
+from persistworld_env.models.clip_sampler import SamplerConfig, default_max_batch, sample_clip
 from persistworld_env.models.world_model import WorldModel
 
 
@@ -77,11 +77,15 @@ class RolloutEngine:
     Args:
         model: the world model (its device is used).
         sampler: sampling settings; the model's defaults when None.
+
+    ``max_batch`` (attribute): rollouts per denoiser forward, by default ``default_max_batch(model.device)``
+    (8 on a CPU, where larger forwards cost more per rollout; no limit on a GPU); None runs one forward.
     """
 
     def __init__(self, model: WorldModel, sampler: SamplerConfig | None = None) -> None:
         self.model = model
         self.sampler = sampler or model.config.sampler
+        self.max_batch = default_max_batch(model.device)
         self.offsets = tuple(model.config.history_offsets)
         self._window = max([1] + [-o + 1 for o in self.offsets if o < 0])
         self._histories: list[_History | None] = []
@@ -156,6 +160,7 @@ class RolloutEngine:
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"need one seed per branched rollout ({n}), got {len(seeds)}")
         other = RolloutEngine(self.model, self.sampler)
+        other.max_batch = self.max_batch
         other.allocate(n)
         for j in range(n):
             other._histories[j] = self._histories[j // copies].copy()
@@ -201,7 +206,8 @@ class RolloutEngine:
         raw = torch.as_tensor(np.asarray(poses, dtype=np.float32))
         tokens = self.model.denoiser.tokens(token_poses, instructions)
         others = self._alternatives(history, current, tokens, raw, alternatives) if alternatives > 0 else None
-        clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators)
+        clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators,
+                           self.max_batch)
         new = clip[:, 1:]
         frames = self._decode(new, raw) if decode else None
         for i, h in enumerate(self._histories):
@@ -231,7 +237,8 @@ class RolloutEngine:
             base = int(torch.randint(2**62, (1,), generator=copy).item())
             gens += [torch.Generator().manual_seed(base + k + 1) for k in range(samples)]
         rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
-        clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens)
+        clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens,
+                           self.max_batch)
         frames = self._decode(clip[:, 1:], poses, samples)
         return frames.reshape(b, samples, *frames.shape[1:])
 

@@ -14,7 +14,7 @@ from persistworld_env.models.autoencoder import (
     WEIGHTS_NAME, ModelLoadError, build_autoencoder, load_autoencoder, load_codec,
 )
 from persistworld_env.models.image_codec import (
-    LatentCodec, float_to_uint8, stack_views, uint8_to_float, unstack_views,
+    CPU_CHUNK_SIZE, LatentCodec, float_to_uint8, stack_views, uint8_to_float, unstack_views,
 )
 from persistworld_env.models.vae_quality import evaluate_reconstruction
 from persistworld_env.models.world_model import MODEL_CARD, WorldModel
@@ -90,6 +90,19 @@ def test_save_load_round_trip_gives_identical_latents(tmp_path, tiny_codec):
     assert torch.equal(loaded.encode_views(frames), tiny_codec.encode_views(frames))
     fast = load_codec(tmp_path / "vae", channels_last=True)  # same numbers up to float rounding
     torch.testing.assert_close(fast.encode_views(frames), loaded.encode_views(frames), rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_size_defaults_by_device_and_does_not_change_results(tiny_codec):
+    default = LatentCodec(tiny_codec.autoencoder)
+    assert default.chunk_size is None and default.images_per_call == CPU_CHUNK_SIZE  # the codec is on the CPU
+    assert tiny_codec.images_per_call == 5
+    frames = distinct_views(2, 10)  # 60 images: 12 calls of 5 vs 4 calls of 16
+    torch.testing.assert_close(default.encode_views(frames), tiny_codec.encode_views(frames), rtol=1e-4, atol=1e-5)
+    latents = tiny_codec.encode_views(frames)
+    decoded = default.decode_views(latents, 3).int() - tiny_codec.decode_views(latents, 3).int()
+    assert decoded.abs().max() <= 1
+    with pytest.raises(ValueError, match="chunk_size"):
+        LatentCodec(tiny_codec.autoencoder, chunk_size=0)
 
 
 def test_missing_or_corrupt_weights_raise_clear_errors(tmp_path):

@@ -10,7 +10,9 @@ from diffusers.models.attention_processor import Attention
 
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import ModelLoadError, build_autoencoder
-from persistworld_env.models.clip_sampler import SamplerConfig, sample_clip
+from persistworld_env.models.clip_sampler import (
+    CPU_MAX_BATCH, SamplerConfig, default_max_batch, in_micro_batches, sample_clip,
+)
 from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ctrl_world_state_dict
 from persistworld_env.models.denoiser import FrameTokenAttnProcessor
 from persistworld_env.models.image_codec import float_to_uint8
@@ -99,6 +101,62 @@ def test_cfg_scale_one_equals_conditional_branch(model):
     guided = sample_clip(model.denoiser, hist, cur, tokens, SamplerConfig(steps=3, guidance=3.0),
                          [torch.Generator().manual_seed(1)])
     assert not torch.allclose(plain, guided)
+
+
+def test_in_micro_batches_slices_and_concatenates():
+    sizes = []
+
+    def fn(a, b):
+        sizes.append(a.shape[0])
+        return a * 10 + b
+
+    a, b = torch.arange(7.0), torch.ones(7)
+    torch.testing.assert_close(in_micro_batches(fn, 3, a, b), a * 10 + 1)
+    assert sizes == [3, 3, 1]
+    sizes.clear()
+    in_micro_batches(fn, None, a, b)
+    in_micro_batches(fn, 7, a, b)
+    assert sizes == [7, 7]
+    with pytest.raises(ValueError, match="max_batch"):
+        in_micro_batches(fn, 0, a, b)
+    assert default_max_batch("cpu") == CPU_MAX_BATCH and default_max_batch(torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_micro_batched_sampling_equals_one_forward(model, guidance):
+    torch.manual_seed(0)
+    hist, cur = torch.randn(4, 6, 4, 9, 5), torch.randn(4, 4, 9, 5)
+    tokens = model.denoiser.tokens(torch.rand(4, 11, 7) * 2 - 1)
+    config = SamplerConfig(steps=2, guidance=guidance)
+    calls = []
+    hook = model.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    try:
+        def run(max_batch):
+            gens = [torch.Generator().manual_seed(i) for i in range(4)]
+            return sample_clip(model.denoiser, hist, cur, tokens, config, gens, max_batch=max_batch)
+        whole = run(None)
+        n_whole = len(calls)
+        split = run(3)
+    finally:
+        hook.remove()
+    per_step = 8 if guidance != 1.0 else 4  # both CFG branches go through the same forwards
+    assert calls[:n_whole] == [per_step] * 2
+    assert calls[n_whole:] == ([3, 3, 2] if guidance != 1.0 else [3, 1]) * 2
+    torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_micro_batches_rollouts_and_branches_keep_the_setting(model):
+    frames, poses = _start(model, b=3)
+    actions = np.tile(poses[:, None], (1, 4, 1))
+    outputs = []
+    for max_batch in (None, 1):
+        eng = RolloutEngine(model)
+        assert eng.max_batch == CPU_MAX_BATCH  # the model is on the CPU
+        eng.max_batch = max_batch
+        eng.reset(frames, poses, seeds=[0, 1, 2])
+        outputs.append(eng.step(actions).frames.astype(int))
+        assert eng.branch(2).max_batch == max_batch
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1)
 
 
 def test_same_seed_same_rollout_and_batch_independence(model):

@@ -53,9 +53,12 @@ def _random_default_model():
 
 
 def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
-                  repeats: int = 5) -> dict:
+                  repeats: int = 5, call_size_batch: int = 16) -> dict:
     """Env-step cost of the rollout engine: 4 new frames x 3 cameras per rollout at the model's default
-    sampling steps; throughput per batch size; step time and memory at step 5 vs step ``long_steps``."""
+    sampling steps; throughput per batch size; step time and memory at step 5 vs step ``long_steps``; at batch
+    ``call_size_batch``, the sampling time per rollouts-per-forward and the decoding time per images-per-call
+    (interleaved rounds, best of each), to check the device's defaults (``RolloutEngine.max_batch``,
+    ``LatentCodec.chunk_size``)."""
     import numpy as np
     import torch
 
@@ -94,6 +97,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
         figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
         figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
+    figures.update(_call_size_figures(model, *engine(call_size_batch), repeats))
     eng, actions = engine(1)
     eng.step(actions)  # step 1 pays one-off allocations
     figures["step5_seconds"] = round(timed(eng, actions, 5), 4)  # median of steps 2..6
@@ -106,6 +110,39 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
     return figures
 
 
+def _call_size_figures(model, eng, actions, repeats: int) -> dict:
+    """Seconds per rollout at batch B: sampling at 1/2/4/8/.../B rollouts per denoiser forward (``fwd``), autoencoder
+    decoding at 12/16/24/64 images per call (``call``); interleaved rounds, best of each; the defaults restored."""
+    b = eng.batch_size
+    max_batches = sorted({min(m, b) for m in (1, 2, 4, 8, 16, b)})
+    chunks = (12, 16, 24, 64)
+    default_max_batch, default_chunk = eng.max_batch, model.codec.chunk_size
+    best: dict[str, float] = {}
+
+    def keep(key: str, seconds: float) -> None:
+        best[key] = min(best.get(key, float("inf")), seconds / b)
+
+    eng.step(actions)  # warm-up
+    try:
+        for _ in range(repeats):
+            for m in max_batches:
+                eng.max_batch = m
+                t0 = time.perf_counter()
+                out = eng.step(actions, decode=False)
+                keep(f"sampling_per_rollout_fwd{m}", time.perf_counter() - t0)
+            for c in chunks:
+                model.codec.chunk_size = c
+                t0 = time.perf_counter()
+                model.decode(out.latents)
+                keep(f"decoding_per_rollout_call{c}", time.perf_counter() - t0)
+    finally:
+        eng.max_batch, model.codec.chunk_size = default_max_batch, default_chunk
+    figures = {"call_size_batch": b, **{k: round(v, 4) for k, v in best.items()}}
+    figures["default_max_batch"] = default_max_batch
+    figures["default_images_per_call"] = model.codec.images_per_call
+    return figures
+
+
 def _bench_model_dir(model_path: str | None, tmp: str) -> str:
     """The model to benchmark: ``model_path``, or the default architecture with random weights saved to ``tmp``."""
     if model_path:
@@ -113,40 +150,52 @@ def _bench_model_dir(model_path: str | None, tmp: str) -> str:
     return str(_random_default_model().save_pretrained(Path(tmp) / "model"))
 
 
-def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3) -> dict:
-    """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs."""
+def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
+              rounds: int = 3) -> dict:
+    """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs.
+
+    The batched and the sync env of each N are timed in ``rounds`` interleaved rounds of ``steps`` steps and
+    each keeps its best round, so a drift in the machine's speed hits both alike.
+    """
     import gymnasium as gym
     import numpy as np
 
     import persistworld_env  # noqa: F401
 
-    def rate(env, n, batched):
+    def started(env, batched):
         obs, _ = env.reset(seed=0)
         pose = obs["pose"]
-        action = np.tile(pose[..., None, :], (4, 1)) if not batched else np.tile(pose[:, None], (1, 4, 1))
+        action = np.tile(pose[:, None], (1, 4, 1)) if batched else np.tile(pose[..., None, :], (4, 1))
         env.step(action)  # warm-up
+        return env, action
+
+    def rate(env, action, n):
         t0 = time.perf_counter()
         for _ in range(steps):
             env.step(action)
         return n * steps / (time.perf_counter() - t0)
 
-    figures: dict = {}
+    figures: dict = {"steps_per_round": steps, "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="pw_bench_env_") as tmp:
         model = _bench_model_dir(model_path, tmp)
         figures["model"] = model_path or "random weights, default architecture"
-        single = gym.make("PersistWorld-DROID-v0", model=model)
-        figures["single_env_steps_per_s"] = round(rate(single, 1, False), 3)
+        single, action = started(gym.make("PersistWorld-DROID-v0", model=model), False)
+        figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
         single.close()
         for n in sizes:
-            batched = gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="vector_entry_point",
-                                   model=model)
-            sync = gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="sync", model=model)
-            b, s = rate(batched, n, True), rate(sync, n, True)
-            figures[f"batched{n}_env_steps_per_s"] = round(b, 3)
-            figures[f"sync{n}_env_steps_per_s"] = round(s, 3)
-            figures[f"batched{n}_vs_sync"] = round(b / s, 2)
-            batched.close()
-            sync.close()
+            envs = {"batched": gym.make_vec("PersistWorld-DROID-v0", num_envs=n,
+                                            vectorization_mode="vector_entry_point", model=model),
+                    "sync": gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="sync", model=model)}
+            started_envs = {k: started(env, True) for k, env in envs.items()}
+            best = {k: 0.0 for k in envs}
+            for _ in range(rounds):
+                for k, (env, action) in started_envs.items():
+                    best[k] = max(best[k], rate(env, action, n))
+            figures[f"batched{n}_env_steps_per_s"] = round(best["batched"], 3)
+            figures[f"sync{n}_env_steps_per_s"] = round(best["sync"], 3)
+            figures[f"batched{n}_vs_sync"] = round(best["batched"] / best["sync"], 2)
+            for env in envs.values():
+                env.close()
     return figures
 
 

@@ -286,7 +286,7 @@ def train_autoencoder(config: AutoencoderTrainConfig) -> dict:
     unwrapped = accelerator.unwrap_model(net).vae
 
     def evaluate(at_step: int) -> dict[str, float]:
-        codec = LatentCodec(unwrapped, chunk_size=64)
+        codec = LatentCodec(unwrapped)
         psnr = reconstruction_psnr(codec, val_frames, val_idx)
         originals = val_frames.get(grid_idx)
         recons = codec.reconstruct_views(originals[:, None])[:, 0].numpy()

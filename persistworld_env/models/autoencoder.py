@@ -159,7 +159,7 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str | None 
 
 
 def load_codec(path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               chunk_size: int = 64, channels_last: bool = False) -> LatentCodec:
+               chunk_size: int | None = None, channels_last: bool = False) -> LatentCodec:
     """:class:`LatentCodec` over the autoencoder saved at ``path``."""
     return LatentCodec(load_autoencoder(path, device=device, dtype=dtype), chunk_size=chunk_size,
                        channels_last=channels_last)

@@ -2,6 +2,8 @@
 
 Conditional and unconditional branches run in one batched forward; each batch element draws its
 noise from its own ``torch.Generator`` so a rollout is reproducible whatever it is batched with.
+On a CPU a large batch is run in denoiser forwards of at most :data:`CPU_MAX_BATCH` elements: past that the
+activations leave the cache and every element costs more (docs/benchmarks.md, 2026-12-02 evening).
 """
 from __future__ import annotations
 
@@ -14,6 +16,23 @@ from persistworld_env.diffusion.sampling import (
     classifier_free_guidance, frame_guidance_scales, karras_sigmas, sample_euler,
 )
 from persistworld_env.models.denoiser import WorldModelDenoiser
+
+CPU_MAX_BATCH = 8  # denoiser elements per forward on a CPU (measured best of 1..16 for the default model)
+
+
+def default_max_batch(device: torch.device | str) -> int | None:
+    """Elements per denoiser forward for sampling on ``device``: :data:`CPU_MAX_BATCH` on a CPU, no limit elsewhere."""
+    return CPU_MAX_BATCH if torch.device(device).type == "cpu" else None
+
+
+def in_micro_batches(fn, max_batch: int | None, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` computed on slices of at most ``max_batch`` elements along dim 0, concatenated."""
+    n = tensors[0].shape[0]
+    if max_batch is None or n <= max_batch:
+        return fn(*tensors)
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    return torch.cat([fn(*(t[i:i + max_batch] for t in tensors)) for i in range(0, n, max_batch)])
 
 
 @dataclass
@@ -43,8 +62,11 @@ def clip_noise(shape: Sequence[int], generators: Sequence[torch.Generator] | Non
 @torch.no_grad()
 def sample_clip(denoiser: WorldModelDenoiser, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor,
                 config: SamplerConfig = SamplerConfig(),
-                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-    """Generate the clip latents (B, 5, C, H, W) given history (B, 6, C, H, W), current (B, C, H, W), tokens (B, 11, d)."""
+                generators: Sequence[torch.Generator] | None = None, max_batch: int | None = None) -> torch.Tensor:
+    """Generate the clip latents (B, 5, C, H, W) given history (B, 6, C, H, W), current (B, C, H, W), tokens (B, 11, d).
+
+    ``max_batch``: at most this many elements per denoiser forward (both CFG branches count); None = one forward.
+    """
     b = history.shape[0]
     shape = (b, denoiser.config.num_clip, *history.shape[2:])
     noise = clip_noise(shape, generators, history.device, history.dtype)
@@ -52,13 +74,15 @@ def sample_clip(denoiser: WorldModelDenoiser, history: torch.Tensor, current: to
     sigmas = sigmas.to(history.dtype)
     if config.guidance == 1.0:
         def x0_fn(x, sigma):
-            return denoiser(x, sigma, history, current, tokens)
+            return in_micro_batches(denoiser, max_batch, x, sigma, history, current, tokens)
     else:
         scales = frame_guidance_scales(denoiser.config.num_clip, config.guidance, device=history.device)
         history2, current2 = torch.cat([history, history]), torch.cat([current, current])
         tokens2 = torch.cat([tokens, torch.zeros_like(tokens)])
 
         def x0_fn(x, sigma):
-            cond, uncond = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), history2, current2, tokens2).chunk(2)
+            both = in_micro_batches(denoiser, max_batch, torch.cat([x, x]), torch.cat([sigma, sigma]), history2,
+                                    current2, tokens2)
+            cond, uncond = both.chunk(2)
             return classifier_free_guidance(cond, uncond, scales.to(x.dtype))
     return sample_euler(x0_fn, noise, sigmas)
