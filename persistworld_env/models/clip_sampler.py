@@ -8,7 +8,7 @@ activations leave the cache and every element costs more (docs/benchmarks.md, 20
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ def default_max_batch(device: torch.device | str) -> int | None:
     return CPU_MAX_BATCH if torch.device(device).type == "cpu" else None
 
 
-def in_micro_batches(fn, max_batch: int | None, *tensors: torch.Tensor) -> torch.Tensor:
+def in_micro_batches(fn: Callable[..., torch.Tensor], max_batch: int | None, *tensors: torch.Tensor) -> torch.Tensor:
     """``fn(*tensors)`` computed on slices of at most ``max_batch`` elements along dim 0, concatenated."""
     n = tensors[0].shape[0]
     if max_batch is None or n <= max_batch:
