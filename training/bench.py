@@ -97,7 +97,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
         figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
         figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
-    figures.update(_call_size_figures(model, *engine(call_size_batch), repeats))
+    figures.update(_call_size_figures(*engine(call_size_batch), repeats))
     eng, actions = engine(1)
     eng.step(actions)  # step 1 pays one-off allocations
     figures["step5_seconds"] = round(timed(eng, actions, 5), 4)  # median of steps 2..6
@@ -110,10 +110,10 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
     return figures
 
 
-def _call_size_figures(model, eng, actions, repeats: int) -> dict:
+def _call_size_figures(eng, actions, repeats: int) -> dict:
     """Seconds per rollout at batch B: sampling at 1/2/4/8/.../B rollouts per denoiser forward (``fwd``), autoencoder
     decoding at 12/16/24/64 images per call (``call``); interleaved rounds, best of each; the defaults restored."""
-    b = eng.batch_size
+    b, model = eng.batch_size, eng.model
     max_batches = sorted({min(m, b) for m in (1, 2, 4, 8, 16, b)})
     chunks = (12, 16, 24, 64)
     default_max_batch, default_chunk = eng.max_batch, model.codec.chunk_size
@@ -183,18 +183,17 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
         figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
         single.close()
         for n in sizes:
-            envs = {"batched": gym.make_vec("PersistWorld-DROID-v0", num_envs=n,
-                                            vectorization_mode="vector_entry_point", model=model),
-                    "sync": gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode="sync", model=model)}
-            started_envs = {k: started(env, True) for k, env in envs.items()}
+            envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode,
+                                            model=model), True)
+                    for k, mode in (("batched", "vector_entry_point"), ("sync", "sync"))}
             best = {k: 0.0 for k in envs}
             for _ in range(rounds):
-                for k, (env, action) in started_envs.items():
+                for k, (env, action) in envs.items():
                     best[k] = max(best[k], rate(env, action, n))
             figures[f"batched{n}_env_steps_per_s"] = round(best["batched"], 3)
             figures[f"sync{n}_env_steps_per_s"] = round(best["sync"], 3)
             figures[f"batched{n}_vs_sync"] = round(best["batched"] / best["sync"], 2)
-            for env in envs.values():
+            for env, _ in envs.values():
                 env.close()
     return figures
 
