@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -101,15 +101,21 @@ class SuccessReward:
         for slot in slots:
             self._runs[int(slot)] = 0
 
-    def probability(self, obs: dict, instruction: str) -> float:
-        """P(success) of the latest frame of each camera in ``obs``."""
-        frames = np.stack([obs[c][-1] for c in self.detector.config.cameras])
-        return float(self.detector.predict_proba(frames[None], [instruction])[0])
+    def score(self, obs: dict, infos: Sequence[dict], slots: Sequence[int]) -> np.ndarray:
+        """Rewards (N,) of N sub-envs in one detector call: ``obs`` holds batched clips (N, 4, H, W, 3) per
+        camera, ``infos[i]`` sub-env i's info (read for the instruction, written with the verdict as in
+        :meth:`__call__`) and ``slots[i]`` its slot."""
+        frames = np.stack([obs[c][:, -1] for c in self.detector.config.cameras], axis=1)  # (N, V, H, W, 3)
+        probabilities = self.detector.predict_proba(frames, [str(info.get("instruction", "")) for info in infos])
+        rewards = np.zeros(len(infos), np.float64)
+        for k, (p, info, slot) in enumerate(zip(probabilities, infos, slots)):
+            frame = bool(p > self.threshold)
+            self._runs[slot] = self._runs.get(slot, 0) + 1 if frame else 0
+            info["success_probability"], info["success_frame"] = float(p), frame
+            info["success"] = self._runs[slot] >= self.consecutive_steps
+            rewards[k] = 1.0 if info["success"] else 0.0
+        return rewards
 
     def __call__(self, obs: dict, info: dict, slot: int = 0) -> float:
-        p = self.probability(obs, str(info.get("instruction", "")))
-        frame = p > self.threshold
-        self._runs[slot] = self._runs.get(slot, 0) + 1 if frame else 0
-        info["success_probability"], info["success_frame"] = p, frame
-        info["success"] = self._runs[slot] >= self.consecutive_steps
-        return 1.0 if info["success"] else 0.0
+        """The reward of one env (``obs`` unbatched); see :meth:`score`."""
+        return float(self.score({c: obs[c][None] for c in self.detector.config.cameras}, [info], [slot])[0])

@@ -20,8 +20,8 @@ from gymnasium.vector.utils import batch_space
 from persistworld_env.constants import CAMERAS, MODEL_FPS
 from persistworld_env.registration import MAX_EPISODE_STEPS
 from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
-from persistworld_env.world_model_env import (RewardFn, build_reward, fresh_copy, load_engine, make_starts,
-                                              resolve_start, restart_reward, slot_reward, step_info)
+from persistworld_env.world_model_env import (RewardFn, batch_rewards, build_reward, fresh_copy, load_engine,
+                                              make_starts, resolve_start, restart_reward, step_info)
 
 
 class PersistWorldVectorEnv(VectorEnv):
@@ -143,8 +143,7 @@ class PersistWorldVectorEnv(VectorEnv):
         self._elapsed += 1
         infos = [step_info(self._instructions[i], self._start_infos[i], poses[i, -1]) for i in range(self.num_envs)]
         obs = self._observations()
-        rewards = np.array([slot_reward(self.reward_fn, {k: v[i] for k, v in obs.items()}, infos[i], i)
-                            for i in range(self.num_envs)])
+        rewards = batch_rewards(self.reward_fn, obs, infos)  # a success detector runs once for all sub-envs
         terminated = np.array([self._terminate_on_success and bool(info.get("success")) for info in infos])
         truncated = self._elapsed >= self.max_episode_steps
         if len(finished):  # NEXT_STEP autoreset: these slots start over instead of stepping

@@ -81,11 +81,16 @@ def restart_reward(reward_fn: RewardFn | None, slots: Sequence[int] = (0,)) -> N
         reward_fn.reset(slots)
 
 
-def slot_reward(reward_fn: RewardFn | None, obs: dict, info: dict, slot: int) -> float:
-    """``reward_fn(obs, info)`` of sub-env ``slot`` (passed on to a stateful reward); 0.0 without a reward."""
+def batch_rewards(reward_fn: RewardFn | None, obs: dict, infos: list[dict]) -> np.ndarray:
+    """The rewards (N,) of N sub-envs from their batched observations: a reward with ``score(obs, infos, slots)``
+    (like :class:`~persistworld_env.success.SuccessReward`, whose detector then runs once for all) scores the
+    batch; any other ``reward_fn(obs, info)`` is called per sub-env; zeros without a reward."""
+    n = len(infos)
     if reward_fn is None:
-        return 0.0
-    return float(reward_fn(obs, info, slot=slot) if hasattr(reward_fn, "reset") else reward_fn(obs, info))
+        return np.zeros(n, np.float64)
+    if hasattr(reward_fn, "score"):
+        return np.asarray(reward_fn.score(obs, infos, list(range(n))), np.float64)
+    return np.array([float(reward_fn({k: v[i] for k, v in obs.items()}, infos[i])) for i in range(n)], np.float64)
 
 
 def step_info(instruction: str, start_info: dict, pose: np.ndarray) -> dict[str, Any]:

@@ -282,6 +282,27 @@ def test_batched_env_success_reward_terminates_and_resets_in_place(model_dir, de
         PersistWorldVectorEnv(num_envs=2, model=str(model_dir), reward="goal")
 
 
+def test_batched_env_scores_every_slot_in_one_detector_call(model_dir, detector_dir):
+    """The vector env runs the detector once per step for all sub-envs; each verdict equals the detector on
+    that sub-env's own frames."""
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    venv = PersistWorldVectorEnv(num_envs=3, model=str(model_dir), sampling_steps=1, reward="success",
+                                 success_detector=str(detector_dir))
+    detector, calls = venv.reward_fn.detector, []
+    predict = detector.predict_proba
+    detector.predict_proba = lambda frames, instructions: calls.append(len(frames)) or predict(frames, instructions)
+    obs, _ = venv.reset(seed=[0, 1, 2], options={"task": "pick"})
+    obs, reward, _, _, info = venv.step(np.tile(obs["pose"][:, None], (1, 4, 1)))
+    assert calls == [3]
+    det = SuccessDetector.from_pretrained(detector_dir)
+    for i in range(3):
+        by_hand = float(det.predict_proba(np.stack([obs[c][i, -1] for c in CAMERAS]), info["instruction"][i])[0])
+        assert info["success_probability"][i] == pytest.approx(by_hand, abs=1e-5)
+        assert reward[i] == float(info["success_probability"][i] > venv.reward_fn.threshold)
+    venv.close()
+
+
 def test_success_needs_consecutive_steps_per_episode_and_slot(model_dir, detector_dir):
     from persistworld_env.vector_env import PersistWorldVectorEnv
 

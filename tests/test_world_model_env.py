@@ -117,7 +117,8 @@ def test_vector_env_batches_resets_and_autoresets(model_dir):
     from persistworld_env.vector_env import PersistWorldVectorEnv
 
     venv = gym.make_vec("PersistWorld-DROID-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                        model=str(model_dir), sampling_steps=2, max_episode_steps=2)
+                        model=str(model_dir), sampling_steps=2, max_episode_steps=2,
+                        reward=lambda obs, info: float(obs["pose"][0]))  # a user reward sees one sub-env
     assert isinstance(venv, PersistWorldVectorEnv)
     obs, info = venv.reset(seed=[0, 1, 2])
     assert obs[CAMERAS[0]].shape == (3, 4, H, W, 3) and obs["pose"].shape == (3, 7)
@@ -125,6 +126,7 @@ def test_vector_env_batches_resets_and_autoresets(model_dir):
     actions = np.tile(obs["pose"][:, None], (1, 4, 1))
     obs, rew, term, trunc, info = venv.step(actions)
     assert not trunc.any()
+    np.testing.assert_allclose(rew, obs["pose"][:, 0], rtol=1e-6)
     obs, rew, term, trunc, info = venv.step(actions)
     assert trunc.all()  # time limit reached
     obs, rew, term, trunc, info = venv.step(actions)  # NEXT_STEP autoreset: fresh episodes
