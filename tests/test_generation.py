@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from persistworld_env.constants import CAMERAS
 from persistworld_env.data import LeRobotEpisodes
 from persistworld_env.sim.generation import episode_seed, generate_dataset
 
@@ -21,6 +22,9 @@ def test_resumed_parallel_generation_equals_a_fresh_serial_one(tmp_path):
         assert (fresh / name).read_bytes() == (resumed / name).read_bytes(), name
     a, b = LeRobotEpisodes(fresh), LeRobotEpisodes(resumed)
     np.testing.assert_array_equal(a.load_pose(2), b.load_pose(2))
+    for i in range(3):  # the frames too, not only the states (whatever process encoded them)
+        for camera in CAMERAS:
+            np.testing.assert_array_equal(a.load_frames(i, camera), b.load_frames(i, camera))
     seeds = [json.loads(line)["seed"] for line in (fresh / "meta/episodes.jsonl").read_text().splitlines()]
     assert seeds == [episode_seed(7, i) for i in range(3)]
 

@@ -2,9 +2,11 @@
 
 Defaults suit MiniDROID's tiny frames (48x80): H.264 (libx264) in **4:4:4** chroma (``yuv444p``) at
 high quality (CRF 12). 4:2:0 halves chroma resolution, which smears the colour of objects a few
-pixels wide. Encoding is single-threaded with the colour conversion done in numpy, which makes the
-mp4 bytes reproducible in practice; x264 was still seen to emit a slightly different bitstream for
-identical input once in a while, so compare *decoded* frames, not mp4 bytes, when checking determinism.
+pixels wide. Encoding is single-threaded with the colour conversion done in numpy, and x264's macroblock
+tree rate control is off (``mbtree=0``): on frames this small it made the output depend on the process's
+memory state (the same frames encoded twice in one process decoded up to 59 levels apart on some wrist
+frames). Without it identical frames decode to identical frames; compare *decoded* frames, not mp4 bytes,
+when checking determinism (the container may differ).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from persistworld_env.data.errors import DatasetError
 DEFAULT_CODEC = "libx264"
 DEFAULT_PIX_FMT = "yuv444p"
 DEFAULT_CRF = 12
+#: x264 settings beyond the preset: no macroblock tree, whose output depended on memory state (see above)
+X264_PARAMS = "mbtree=0"
 _BT601, _LIMITED, _FULL = 6, 1, 2  # AVCOL_SPC_SMPTE170M, AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
 
 
@@ -42,6 +46,8 @@ def encode_video(
         raise ValueError(f"frames must be uint8 (T>0, H, W, 3), got {frames.dtype} {frames.shape}")
     _, height, width, _ = frames.shape
     options = {"crf": str(crf), "preset": "medium"} if codec in ("libx264", "libx265") else {}
+    if codec == "libx264":
+        options["x264-params"] = X264_PARAMS
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
