@@ -84,13 +84,16 @@ def restart_reward(reward_fn: RewardFn | None, slots: Sequence[int] = (0,)) -> N
 def batch_rewards(reward_fn: RewardFn | None, obs: dict, infos: list[dict]) -> np.ndarray:
     """The rewards (N,) of N sub-envs from their batched observations: a reward with ``score(obs, infos, slots)``
     (like :class:`~persistworld_env.success.SuccessReward`, whose detector then runs once for all) scores the
-    batch; any other ``reward_fn(obs, info)`` is called per sub-env; zeros without a reward."""
+    batch; any other ``reward_fn(obs, info)`` is called per sub-env (a stateful one, with ``reset(slots)``, also
+    gets ``slot=i``); zeros without a reward."""
     n = len(infos)
     if reward_fn is None:
         return np.zeros(n, np.float64)
     if hasattr(reward_fn, "score"):
         return np.asarray(reward_fn.score(obs, infos, list(range(n))), np.float64)
-    return np.array([float(reward_fn({k: v[i] for k, v in obs.items()}, infos[i])) for i in range(n)], np.float64)
+    per_slot = hasattr(reward_fn, "reset")
+    return np.array([float(reward_fn({k: v[i] for k, v in obs.items()}, infos[i], **({"slot": i} if per_slot else {})))
+                     for i in range(n)], np.float64)
 
 
 def step_info(instruction: str, start_info: dict, pose: np.ndarray) -> dict[str, Any]:

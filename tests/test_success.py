@@ -303,6 +303,22 @@ def test_batched_env_scores_every_slot_in_one_detector_call(model_dir, detector_
     venv.close()
 
 
+def test_batched_env_passes_the_slot_to_a_stateful_user_reward(model_dir):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    class SlotReward:  # stateful: has reset(slots), so each call names its sub-env
+        def reset(self, slots):
+            pass
+
+        def __call__(self, obs, info, slot=0):
+            return float(slot)
+
+    venv = PersistWorldVectorEnv(num_envs=3, model=str(model_dir), sampling_steps=1, reward=SlotReward())
+    obs, _ = venv.reset(seed=0)
+    assert venv.step(np.tile(obs["pose"][:, None], (1, 4, 1)))[1].tolist() == [0.0, 1.0, 2.0]
+    venv.close()
+
+
 def test_success_needs_consecutive_steps_per_episode_and_slot(model_dir, detector_dir):
     from persistworld_env.vector_env import PersistWorldVectorEnv
 
