@@ -43,13 +43,13 @@ class PersistWorldVectorEnv(VectorEnv):
                  initial_state: str = "sim", task: str | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step",
                  success_detector: Any = None, success_threshold: float | None = None,
-                 success_steps: int | None = None) -> None:
+                 success_steps: int | None = None, dtype: Any = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:
             raise ValueError(f"autoreset must be one of {sorted(self._MODES)}, got {autoreset!r}")
         self.metadata = {**self.metadata, "autoreset_mode": self._MODES[autoreset]}
-        self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
+        self.model, self.engine = load_engine(model, device, sampling_steps, guidance, dtype)
         cfg = self.model.config
         self.num_envs, self.height, self.width = num_envs, cfg.height, cfg.width
         self.single_observation_space = observation_space(cfg.height, cfg.width)

@@ -43,12 +43,18 @@ def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, t
     return starts.get(seed, options.pop("task", task))
 
 
-def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: float | None):
+def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: float | None,
+                dtype: Any = None):
     """(WorldModel, RolloutEngine) from a model directory, ``"default"`` or a loaded model."""
-    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.models.world_model import WorldModel, resolve_dtype
     from persistworld_env.rollout import RolloutEngine
 
-    model = model if isinstance(model, WorldModel) else WorldModel.from_pretrained(model, device=device)
+    if isinstance(model, WorldModel):
+        if dtype is not None and resolve_dtype(dtype) != model.denoiser.dtype:
+            raise ValueError(f"dtype={dtype!r} applies when the env loads the model; this loaded model is "
+                             f"{model.denoiser.dtype}: convert it with model.to(dtype) first, or pass its directory")
+    else:
+        model = WorldModel.from_pretrained(model, device=device, dtype=dtype)
     engine = RolloutEngine(model)
     changes = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
     if changes:
@@ -120,6 +126,8 @@ class PersistWorldEnv(gym.Env):
     Args:
         model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
         device: torch device of the model.
+        dtype: precision of the model's weights when the env loads it: None (float32, the fastest on a CPU),
+            ``"float16"`` or ``"bfloat16"`` (half the memory; faster on GPUs; frames within a few levels of float32).
         sampling_steps, guidance: override the model's sampling defaults.
         reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between
             the latest frame of every camera and a goal image per camera given at reset as
@@ -158,12 +166,12 @@ class PersistWorldEnv(gym.Env):
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
                  timing_info: bool = False, uncertainty_samples: int = 0, success_detector: Any = None,
-                 success_threshold: float | None = None, success_steps: int | None = None) -> None:
+                 success_threshold: float | None = None, success_steps: int | None = None, dtype: Any = None) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):
             raise ValueError(f"ground_truth must be None or 'sim', got {ground_truth!r}")
-        self.model, self.engine = load_engine(model, device, sampling_steps, guidance)
+        self.model, self.engine = load_engine(model, device, sampling_steps, guidance, dtype)
         cfg = self.model.config
         self.height, self.width = cfg.height, cfg.width
         self.observation_space = observation_space(cfg.height, cfg.width)

@@ -24,6 +24,7 @@ def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
         assert figures[f"batch{b}_env_steps_per_s"] == pytest.approx(b / step, rel=0.01, abs=0.006)  # 2 decimals
     assert figures["step12_rss_mb"] > 0 and figures["long_vs_short_time_ratio"] > 0
     assert figures["sampling_steps"] == 3  # the tiny model's own default
+    assert figures["device"] == "cpu" and figures["dtype"] == "torch.float32"
     for m in (1, 2, 3):  # call sizes at batch 3: every rollouts-per-forward up to 3, then the images per call
         assert figures[f"sampling_per_rollout_fwd{m}"] > 0
     assert "sampling_per_rollout_fwd4" not in figures and figures["call_size_batch"] == 3
@@ -34,7 +35,15 @@ def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
 def test_bench_env_compares_batched_with_sync_vector_envs(tiny_model):
     from training.bench import bench_env
 
-    figures = bench_env(tiny_model, sizes=(2,), steps=1, rounds=2)
-    assert figures["single_env_steps_per_s"] > 0 and figures["rounds"] == 2
+    figures = bench_env(tiny_model, sizes=(2,), steps=1, rounds=2, dtype="bfloat16")
+    assert figures["single_env_steps_per_s"] > 0 and figures["rounds"] == 2 and figures["dtype"] == "bfloat16"
     assert figures["batched2_vs_sync"] == pytest.approx(figures["batched2_env_steps_per_s"]
                                                         / figures["sync2_env_steps_per_s"], rel=0.02)
+
+
+def test_bench_sampler_in_half_precision(tiny_model):
+    from training.bench import bench_sampler
+
+    figures = bench_sampler(tiny_model, batch_sizes=(1,), long_steps=11, repeats=1, call_size_batch=1,
+                            dtype="bfloat16")
+    assert figures["dtype"] == "torch.bfloat16" and figures["batch1_step_seconds"] > 0

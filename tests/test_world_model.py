@@ -229,6 +229,30 @@ def test_save_load_gives_identical_outputs(model, tmp_path):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_weights_roll_out_close_to_float32(model, tmp_path, dtype):
+    """Weights loaded in half precision; the sampler and the latents stay float32, the frames stay close."""
+    d = model.save_pretrained(tmp_path / "m")
+    frames, poses = _start(model)
+    outs = {}
+    for name in (None, dtype):
+        m = WorldModel.from_pretrained(d, dtype=name)
+        assert m.denoiser.dtype == (torch.float32 if name is None else getattr(torch, dtype))
+        eng = RolloutEngine(m)
+        eng.reset(frames, poses, seeds=[3, 4])
+        steps = [eng.step(np.tile(poses[:, None], (1, 4, 1))) for _ in range(2)]
+        assert all(s.latents.dtype == torch.float32 for s in steps)
+        outs[name] = np.stack([s.frames for s in steps]).astype(float)
+    mse = np.mean((outs[None] - outs[dtype]) ** 2)
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 35  # differs by rounding only (measured 45-57 dB)
+
+
+def test_unknown_dtype_is_refused(model, tmp_path):
+    d = model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="unsupported model dtype 'int8'.*bfloat16"):
+        WorldModel.from_pretrained(d, dtype="int8")
+
+
 def test_corrupt_or_missing_model_directory(model, tmp_path):
     with pytest.raises(ModelLoadError, match="missing"):
         WorldModel.from_pretrained(tmp_path / "nowhere")

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
 import persistworld_env  # noqa: F401
 from persistworld_env.constants import CAMERAS
 from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.world_model import WorldModel
 from persistworld_env.sim.generation import generate_dataset
 from persistworld_env.spaces import InvalidActionError
 from persistworld_env.world_model_env import PersistWorldEnv
@@ -111,6 +113,17 @@ def test_step_before_reset_unknown_options_and_close(env):
 def test_missing_or_corrupt_model(tmp_path):
     with pytest.raises(ModelLoadError):
         PersistWorldEnv(model=str(tmp_path / "absent"))
+
+
+def test_half_precision_env_and_dtype_of_a_loaded_model(model_dir):
+    env = gym.make("PersistWorld-DROID-v0", model=str(model_dir), sampling_steps=2, dtype="bfloat16")
+    assert env.unwrapped.model.denoiser.dtype == torch.bfloat16
+    env.reset(seed=0)
+    obs, *_ = env.step(np.zeros((4, 7), np.float32))
+    assert obs[CAMERAS[0]].dtype == np.uint8 and env.observation_space.contains(obs)
+    loaded = WorldModel.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match="convert it with model.to"):
+        PersistWorldEnv(model=loaded, dtype="float16")
 
 
 def test_vector_env_batches_resets_and_autoresets(model_dir):

@@ -53,19 +53,22 @@ def _random_default_model():
 
 
 def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
-                  repeats: int = 5, call_size_batch: int = 16) -> dict:
+                  repeats: int = 5, call_size_batch: int = 16, device: str = "cpu", dtype: str | None = None) -> dict:
     """Env-step cost of the rollout engine: 4 new frames x 3 cameras per rollout at the model's default
     sampling steps; throughput per batch size; step time and memory at step 5 vs step ``long_steps``; at batch
     ``call_size_batch``, the sampling time per rollouts-per-forward and the decoding time per images-per-call
     (interleaved rounds, best of each), to check the device's defaults (``RolloutEngine.max_batch``,
-    ``LatentCodec.chunk_size``)."""
+    ``LatentCodec.chunk_size``). ``device``/``dtype``: where and in which precision the model runs."""
     import numpy as np
     import torch
 
-    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.models.world_model import WorldModel, resolve_dtype
     from persistworld_env.rollout import RolloutEngine
 
-    model = WorldModel.from_pretrained(model_path) if model_path else _random_default_model()
+    if model_path:
+        model = WorldModel.from_pretrained(model_path, device=device, dtype=dtype)
+    else:
+        model = _random_default_model().to(device=device, dtype=resolve_dtype(dtype))
     weights = model_path or "random weights, default architecture"
     cfg = model.config
     pose = model.normalizer.denormalize(np.zeros(7, np.float32))
@@ -82,10 +85,12 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         for _ in range(n):
             t0 = time.perf_counter()
             eng.step(actions, decode=decode)
+            _synchronize(model.device)
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    figures: dict = {"model": weights, "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
+    figures: dict = {"model": weights, "device": str(model.device), "dtype": str(model.denoiser.dtype),
+                     "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "torch_threads": torch.get_num_threads()}
     for b in batch_sizes:
@@ -110,6 +115,14 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
     return figures
 
 
+def _synchronize(device) -> None:
+    """Wait for a GPU's queued work (so that wall-clock times cover it); nothing on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _call_size_figures(eng, actions, repeats: int) -> dict:
     """Seconds per rollout at batch B: sampling at 1/2/4/8/.../B rollouts per denoiser forward (``fwd``), autoencoder
     decoding at 12/16/24/64 images per call (``call``); interleaved rounds, best of each; the defaults restored."""
@@ -129,6 +142,7 @@ def _call_size_figures(eng, actions, repeats: int) -> dict:
                 eng.max_batch = m
                 t0 = time.perf_counter()
                 out = eng.step(actions, decode=False)
+                _synchronize(model.device)
                 keep(f"sampling_per_rollout_fwd{m}", time.perf_counter() - t0)
             for c in chunks:
                 model.codec.chunk_size = c
@@ -151,11 +165,11 @@ def _bench_model_dir(model_path: str | None, tmp: str) -> str:
 
 
 def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
-              rounds: int = 3) -> dict:
+              rounds: int = 3, dtype: str | None = None) -> dict:
     """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs.
 
     The batched and the sync env of each N are timed in ``rounds`` interleaved rounds of ``steps`` steps and
-    each keeps its best round, so a drift in the machine's speed hits both alike.
+    each keeps its best round, so a drift in the machine's speed hits both alike. ``dtype``: the weights' precision.
     """
     import gymnasium as gym
     import numpy as np
@@ -175,16 +189,16 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
             env.step(action)
         return n * steps / (time.perf_counter() - t0)
 
-    figures: dict = {"steps_per_round": steps, "rounds": rounds}
+    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype or "float32"}
     with tempfile.TemporaryDirectory(prefix="pw_bench_env_") as tmp:
         model = _bench_model_dir(model_path, tmp)
         figures["model"] = model_path or "random weights, default architecture"
-        single, action = started(gym.make("PersistWorld-DROID-v0", model=model), False)
+        single, action = started(gym.make("PersistWorld-DROID-v0", model=model, dtype=dtype), False)
         figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
         single.close()
         for n in sizes:
             envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode,
-                                            model=model), True)
+                                            model=model, dtype=dtype), True)
                     for k, mode in (("batched", "vector_entry_point"), ("sync", "sync"))}
             best = {k: 0.0 for k in envs}
             for _ in range(rounds):
@@ -287,9 +301,9 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     if target == "data":
         figures = bench_data(args.episodes, args.workers, args.data)
     elif target == "sampler":
-        figures = bench_sampler(args.model)
+        figures = bench_sampler(args.model, device=args.device, dtype=args.dtype)
     elif target == "env":
-        figures = bench_env(args.model)
+        figures = bench_env(args.model, dtype=args.dtype)
     elif target == "posttrain":
         figures = bench_posttrain(args.model)
     else:

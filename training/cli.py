@@ -32,7 +32,8 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
 def _cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo
 
-    run_demo(out=args.out, steps=args.steps, seed=args.seed, task=args.task, model=args.model, device=args.device)
+    run_demo(out=args.out, steps=args.steps, seed=args.seed, task=args.task, model=args.model, device=args.device,
+             dtype=args.dtype)
     return 0
 
 
@@ -56,6 +57,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--dtype`` choices of the commands that run a model (see ``WorldModel.from_pretrained``).
+HALF_DTYPES = ("float32", "float16", "bfloat16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persistworld", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="task family (default: random)")
     p.add_argument("--model", default="default", help="world model directory (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
+    p.add_argument("--dtype", choices=HALF_DTYPES, default=None,
+                   help="precision of the model's weights (default: float32; half precision is for GPUs)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate MiniDROID episodes in the DROID LeRobot layout (resumable)")
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=20, help="episodes to generate for the data benchmark")
     p.add_argument("--data", default=None, help="existing dataset for the loader benchmark (default: the generated one)")
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")
+    p.add_argument("--device", default="cpu", help="torch device for the sampler benchmark (default: cpu)")
+    p.add_argument("--dtype", choices=HALF_DTYPES, default=None,
+                   help="precision of the model's weights for the sampler and env benchmarks (default: float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser

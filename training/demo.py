@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _make_env(model: str | None, device: str, task: str | None):
+def _make_env(model: str | None, device: str, task: str | None, dtype: str | None = None):
     """(env, has_model): the world-model env with the simulator alongside, or the simulator alone."""
     import gymnasium as gym
 
@@ -24,7 +24,7 @@ def _make_env(model: str | None, device: str, task: str | None):
 
     if model is not None:
         try:
-            return PersistWorldEnv(model=model, device=device, task=task, ground_truth="sim"), True
+            return PersistWorldEnv(model=model, device=device, task=task, ground_truth="sim", dtype=dtype), True
         except ModelLoadError as e:
             if model != "default":
                 raise
@@ -33,7 +33,7 @@ def _make_env(model: str | None, device: str, task: str | None):
 
 
 def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task: str | None = None,
-             model: str | None = "default", device: str = "cpu", scale: int = 4) -> dict:
+             model: str | None = "default", device: str = "cpu", scale: int = 4, dtype: str | None = None) -> dict:
     """Run the demo and return its summary (also written to ``out/summary.json``)."""
     from rich.console import Console
     from rich.table import Table
@@ -45,7 +45,7 @@ def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task:
     console = Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env, has_model = _make_env(model, device, task)
+    env, has_model = _make_env(model, device, task, dtype)
     try:
         obs, info = env.reset(seed=seed)
         console.print(f"[bold]{'PersistWorld-DROID-v0 + MiniDROID' if has_model else 'MiniDROID-Sim-v0'}[/bold] "

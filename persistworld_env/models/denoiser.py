@@ -140,10 +140,15 @@ class WorldModelDenoiser(nn.Module):
         self.register_buffer("added_time_ids", torch.tensor(config.added_time_ids, dtype=torch.float32),
                              persistent=False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' floating-point type (float32 unless the model was loaded or converted to half precision)."""
+        return next(self.unet.parameters()).dtype
+
     def tokens(self, poses: torch.Tensor, instructions: Sequence[str] | None = None,
                drop: torch.Tensor | None = None) -> torch.Tensor:
         """Per-frame tokens (B, F, d) from normalised poses (B, F, 7); ``drop`` (B,) zeroes a sample's tokens."""
-        tokens = self.action_encoder(poses)
+        tokens = self.action_encoder(poses.to(self.dtype))
         if self.instruction_embedding is not None and instructions is not None:
             tokens = tokens + self.instruction_embedding(instructions)[:, None]
         if drop is not None:
@@ -153,12 +158,13 @@ class WorldModelDenoiser(nn.Module):
     def network(self, history: torch.Tensor, clip_in: torch.Tensor, c_noise: torch.Tensor,
                 current: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Raw UNet output F for the clip frames. Shapes: history (B,6,C,H,W), clip_in (B,5,C,H,W), current (B,C,H,W)."""
-        frames = torch.cat([history, clip_in], dim=1)
-        cond = (current * self.config.cond_latent_scale)[:, None].expand(-1, frames.shape[1], -1, -1, -1)
-        added = self.added_time_ids.to(frames.dtype)[None].expand(frames.shape[0], -1)
-        out = self.unet(torch.cat([frames, cond], dim=2), c_noise, encoder_hidden_states=tokens,
+        dtype = self.dtype  # the weights' precision; the sampler and the EDM preconditioning stay in the inputs' own
+        frames = torch.cat([history, clip_in], dim=1).to(dtype)
+        cond = (current.to(dtype) * self.config.cond_latent_scale)[:, None].expand(-1, frames.shape[1], -1, -1, -1)
+        added = self.added_time_ids.to(dtype)[None].expand(frames.shape[0], -1)
+        out = self.unet(torch.cat([frames, cond], dim=2), c_noise, encoder_hidden_states=tokens.to(dtype),
                         added_time_ids=added).sample
-        return out[:, self.config.num_history:]
+        return out[:, self.config.num_history:].to(clip_in.dtype)
 
     def forward(self, noisy_clip: torch.Tensor, sigma: torch.Tensor, history: torch.Tensor, current: torch.Tensor,
                 tokens: torch.Tensor | None = None, poses: torch.Tensor | None = None,

@@ -43,6 +43,9 @@ SAMPLER_SCALES: dict[str, dict] = {"ctrl-world": {"steps": 50, "guidance": 2.0, 
 REFERENCE_CAMERAS_SCALES: dict[str, tuple[str, ...]] = {"default": EXTERIOR_CAMERAS}
 #: Names resolved to model directories shipped inside the package.
 EMBEDDED_MODELS = {"default": "default_model"}
+#: Names a model's weights can be loaded in (``dtype=`` of :meth:`WorldModel.from_pretrained` and the envs).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -285,8 +288,14 @@ class WorldModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | os.PathLike, device: torch.device | str = "cpu") -> "WorldModel":
-        """Load a model directory, or an embedded model by name (``"default"``)."""
+    def from_pretrained(cls, path_or_name: str | os.PathLike, device: torch.device | str = "cpu",
+                        dtype: torch.dtype | str | None = None) -> "WorldModel":
+        """Load a model directory, or an embedded model by name (``"default"``).
+
+        ``dtype``: the precision of the weights (``"float16"``/``"bfloat16"`` halve their memory and speed up GPUs;
+        None keeps float32, the fastest on a CPU). Sampling, EDM preconditioning and latents stay float32 either way.
+        """
+        dtype = resolve_dtype(dtype)
         if str(path_or_name) in EMBEDDED_MODELS:
             directory = embedded_model_dir(str(path_or_name))
             if not (directory / CONFIG_FILE).is_file():
@@ -305,8 +314,16 @@ class WorldModel(nn.Module):
         load_safetensors_into(model.denoiser, weights, directory / CONFIG_FILE)
         card = directory / MODEL_CARD
         model.model_card = card.read_text() if card.is_file() else ""
-        return model.to(device).eval()
+        return model.to(device=device, dtype=dtype).eval()
 
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A floating-point ``torch.dtype`` from itself or one of the names in :data:`DTYPES` (None stays None)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in DTYPES.values()):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"unsupported model dtype {dtype!r}; choose one of {sorted(DTYPES)} (or the torch dtypes)")
 
 
 def _read_json(path: Path) -> dict:
