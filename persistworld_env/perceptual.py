@@ -64,10 +64,12 @@ class LPIPSMetric:
         a = pred.reshape(-1, *pred.shape[-3:])
         b = target.reshape(-1, *target.shape[-3:])
         out = []
-        for i in range(0, len(a), batch_size):
-            x = _to_lpips_input(a[i:i + batch_size], self.device)
-            y = _to_lpips_input(b[i:i + batch_size], self.device)
-            out.append(self.network(x, y).flatten().cpu())
+        # float32 whatever the caller's autocast (mixed-precision post-training scores its candidates with this)
+        with torch.autocast(self.device.type, enabled=False):
+            for i in range(0, len(a), batch_size):
+                x = _to_lpips_input(a[i:i + batch_size], self.device)
+                y = _to_lpips_input(b[i:i + batch_size], self.device)
+                out.append(self.network(x, y).flatten().float().cpu())
         return torch.cat(out).numpy().reshape(lead) if out else np.zeros(lead, np.float32)
 
 

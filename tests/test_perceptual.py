@@ -48,6 +48,16 @@ def test_random_mode_is_labelled_and_behaves_like_a_distance():
     np.testing.assert_allclose(build_lpips("random")(a, b), diff, rtol=1e-5)  # seeded backbone
 
 
+def test_lpips_is_float32_inside_a_mixed_precision_autocast():
+    """Rewards of a ``--mixed-precision bf16`` post-training run are the same numbers as without it."""
+    metric = build_lpips("random")
+    a, b = _images(0), _images(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = metric(a, b)
+    assert inside.dtype == np.float32
+    np.testing.assert_allclose(inside, metric(a, b), rtol=1e-6)
+
+
 def test_off_mode_and_unknown_mode():
     assert build_lpips("off") is None
     with pytest.raises(ValueError, match="lpips mode"):

@@ -33,11 +33,24 @@ def test_sim_truth_replays_a_minidroid_scene_under_perturbed_actions(tmp_path):
         SimTruth(LeRobotEpisodes(tmp_path / "no_seed"), [0], normalizer)
 
 
-def test_bench_posttrain_reports_the_split_and_the_batching_gain(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one state per process (its mixed precision included): start and leave this test with none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_bench_posttrain_reports_the_split_and_the_batching_gain(tmp_path, mixed_precision, fresh_accelerate_state):
     from training.bench import bench_posttrain
 
     _, model = write_tiny_setup(tmp_path)
-    figures = bench_posttrain(str(model), candidates=3, prefix_steps=1, clips=1, repeats=1)
+    figures = bench_posttrain(str(model), candidates=3, prefix_steps=1, clips=1, repeats=1,
+                              mixed_precision=mixed_precision)
+    assert figures["mixed_precision"] == mixed_precision
     parts = [figures[f"{k}_seconds"] for k in ("prefix", "candidates", "rewards", "update")]
     assert figures["seconds_per_group"] == pytest.approx(sum(parts), abs=0.01)
     assert figures["batched_vs_one_by_one_speedup"] > 0 and figures["candidates"] == 3

@@ -213,7 +213,7 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
 
 
 def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: int = 2, clips: int = 1,
-                    repeats: int = 3) -> dict:
+                    repeats: int = 3, mixed_precision: str = "no") -> dict:
     """Seconds per post-training group and where they go (prefix, candidates, rewards, update), and the
     K candidates generated in one batched call against one by one.
 
@@ -221,6 +221,8 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     depend on the content) with ``persistworld posttrain``'s defaults: LoRA rank 8, the old adapter
     sampling, rewards with LPIPS on a random AlexNet backbone (the real one costs the same), one
     DiffusionNFT optimizer step over the group's K x clips samples (micro-batches of 16, reference term).
+    ``mixed_precision`` (``"no"``, ``"bf16"``, ``"fp16"``): accelerate's autocast around sampling and the update,
+    as ``persistworld posttrain --mixed-precision`` runs them.
     """
     import numpy as np
     import torch
@@ -235,7 +237,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     from persistworld_env.rollout import RolloutEngine
     from training.posttrain import PosttrainConfig, accumulate_gradients, build_policy, sampler_settings
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
     model = (WorldModel.from_pretrained(model_path) if model_path else _random_default_model()).to(accelerator.device)
     model.requires_grad_(False)
     cfg = model.config
@@ -257,7 +259,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     seeds = list(range(candidates + 1))
 
     def group() -> dict[str, float]:
-        with policy.old(merged=True):
+        with policy.old(merged=True), accelerator.autocast():
             samples = collect_group(engine, episode, spec, seeds, scorer, candidate_sampler=sampler)
         t0 = time.perf_counter()
         r = optimality_probability(torch.as_tensor(samples.rewards)[None], settings.adv_clip)[0]
@@ -274,6 +276,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     parts = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
     total = sum(parts.values())
     figures: dict = {"model": model_path or "random weights, default architecture", "candidates": candidates,
+                     "mixed_precision": mixed_precision,
                      "prefix_steps": prefix_steps, "clips": clips, "sampling_steps": sampler.steps,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "lpips": "alexnet-random (same cost as the real backbone)",
@@ -283,7 +286,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
         figures[f"{k}_share"] = round(v / total, 3)
 
     times: dict[int | None, list[float]] = {None: [], 1: []}  # best of interleaved rounds (robust to a busy CPU)
-    with policy.old(merged=True), torch.no_grad():
+    with policy.old(merged=True), accelerator.autocast(), torch.no_grad():
         rollout_prefix(engine, episode, prefix_steps, seeds[0])
         for _ in range(repeats):
             for batch_size in times:
@@ -297,6 +300,10 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     return figures
 
 
+#: ``bench posttrain``: the ``--dtype`` of the benchmark as accelerate's mixed precision (the trained weights stay float32).
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     if target == "data":
         figures = bench_data(args.episodes, args.workers, args.data)
@@ -305,7 +312,7 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     elif target == "env":
         figures = bench_env(args.model, dtype=args.dtype)
     elif target == "posttrain":
-        figures = bench_posttrain(args.model)
+        figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[args.dtype or "float32"])
     else:
         raise ValueError(f"unknown benchmark {target!r}")
     if not args.json:

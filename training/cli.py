@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")
     p.add_argument("--device", default="cpu", help="torch device for the sampler benchmark (default: cpu)")
     p.add_argument("--dtype", choices=HALF_DTYPES, default=None,
-                   help="precision of the model's weights for the sampler and env benchmarks (default: float32)")
+                   help="precision: of the model's weights for the sampler and env benchmarks, of accelerate's "
+                        "mixed precision (autocast) for the posttrain benchmark (default: float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser
