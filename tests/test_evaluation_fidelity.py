@@ -113,6 +113,10 @@ def test_stored_runs_are_reused_only_for_the_same_weights_and_settings(evaluated
     assert len(calls) == 1
     run_evaluation([f"a={root / 'b'}"], str(root / "ds"), str(out), **{**settings, "seed": 3})
     assert len(calls) == 2
+    half = run_evaluation([f"a={root / 'b'}"], str(root / "ds"), str(out), **{**settings, "seed": 3,
+                                                                                "dtype": "bfloat16"})
+    assert len(calls) == 3 and half["models"]["a"]["per_camera"]  # another precision replays again
+    calls.pop()
     # A damaged store is ignored (and rewritten), never trusted.
     (out / "runs" / "b.npz").write_bytes(b"not an npz")
     run_evaluation([f"b={root / 'b'}"], str(root / "ds"), str(out), **settings)

@@ -31,8 +31,10 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
                    sampling_steps: int | None = None, guidance: float | None = None, videos: int = 2,
                    bootstrap: int = 1000, split: str = "val", val_mod: int = 100, val_rem: int = 99,
                    val_episodes: Sequence[int] | None = None, device: str = "cpu", progress: bool = True,
-                   command: str | None = None) -> dict:
-    """Evaluate ``models`` (``NAME=PATH`` or ``PATH``) on ``data``; writes ``out``, returns metrics.json's content."""
+                   command: str | None = None, dtype: str | None = None) -> dict:
+    """Evaluate ``models`` (``NAME=PATH`` or ``PATH``) on ``data``; writes ``out``, returns metrics.json's content.
+
+    ``dtype``: load every model's weights in this precision (None: float32; see ``WorldModel.from_pretrained``)."""
     import torch
 
     from persistworld_env.data.dataset import WorldModelDataset
@@ -56,7 +58,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
     sampler = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
     runs, chosen, reader, cameras, kept = {}, None, None, None, {}
     for spec in specs:
-        model = WorldModel.from_pretrained(spec.path, device=device)
+        model = WorldModel.from_pretrained(spec.path, device=device, dtype=dtype)
         if chosen is None:
             ds = WorldModelDataset(data, split, normalizer=model.normalizer, val_mod=val_mod, val_rem=val_rem,
                                    val_episodes=val_episodes, cameras=model.config.cameras)
@@ -71,7 +73,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         key = {"model": model_fingerprint(model), "data": str(Path(data).resolve()),
                "episodes": [int(e) for e in chosen], "horizon": horizon, "seed": seed, "batch_size": batch_size,
                "sampler": sampler, "lpips": metric.backbone if metric is not None else None,
-               "videos": [int(e) for e in chosen[:videos]]}
+               "videos": [int(e) for e in chosen[:videos]], **({"dtype": dtype} if dtype else {})}
         stored = out_dir / "runs" / f"{spec.name}.npz"
         run = load_replay_run(stored, key)
         if run is not None:
@@ -171,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-rem", type=int, default=99)
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                        help="precision of the models' weights (default: float32; half precision is for GPUs and "
+                             "CPUs with bfloat16 units)")
     return parser
 
 
@@ -180,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
                          seed=args.seed, sampling_steps=args.sampling_steps, guidance=args.guidance,
                          videos=args.videos, bootstrap=args.bootstrap, split=args.split, val_mod=args.val_mod,
                          val_rem=args.val_rem, val_episodes=args.val_episodes, device=args.device,
-                         command=getattr(args, "command_line", None))
+                         command=getattr(args, "command_line", None), dtype=args.dtype)
     print_table(doc)
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -141,10 +141,13 @@ def weights_sha256(module, facts: Mapping[str, Any] | None = None) -> str:
     """SHA-256 over a module's named weights (and JSON ``facts`` such as its config): same digest, same model."""
     import hashlib
 
+    import torch
+
     digest = hashlib.sha256(json.dumps(facts or {}, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # the raw bytes (numpy has no bfloat16); for float32 the same bytes as ``tensor.numpy().tobytes()``
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
