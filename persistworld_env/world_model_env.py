@@ -126,8 +126,9 @@ class PersistWorldEnv(gym.Env):
     Args:
         model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
         device: torch device of the model.
-        dtype: precision of the model's weights when the env loads it: None (float32, the fastest on a CPU),
-            ``"float16"`` or ``"bfloat16"`` (half the memory; faster on GPUs; frames within a few levels of float32).
+        dtype: precision of the model's weights when the env loads it: None (float32), ``"float16"`` or
+            ``"bfloat16"`` (half the memory; faster on GPUs and, bfloat16, on CPUs with bfloat16 units; frames within
+            a few levels of float32).
         sampling_steps, guidance: override the model's sampling defaults.
         reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between
             the latest frame of every camera and a goal image per camera given at reset as

@@ -58,7 +58,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 #: ``--dtype`` choices of the commands that run a model (see ``WorldModel.from_pretrained``).
-HALF_DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="task family (default: random)")
     p.add_argument("--model", default="default", help="world model directory (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
-    p.add_argument("--dtype", choices=HALF_DTYPES, default=None,
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="precision of the model's weights (default: float32; half precision is for GPUs)")
     p.set_defaults(func=_cmd_demo)
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="existing dataset for the loader benchmark (default: the generated one)")
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")
     p.add_argument("--device", default="cpu", help="torch device for the sampler benchmark (default: cpu)")
-    p.add_argument("--dtype", choices=HALF_DTYPES, default=None,
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="precision: of the model's weights for the sampler and env benchmarks, of accelerate's "
                         "mixed precision (autocast) for the posttrain benchmark (default: float32)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

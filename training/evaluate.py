@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from training.cli import DTYPE_CHOICES
+
 import numpy as np
 
 
@@ -173,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-rem", type=int, default=99)
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="precision of the models' weights (default: float32; half precision is for GPUs and "
                              "CPUs with bfloat16 units)")
     return parser

@@ -292,8 +292,9 @@ class WorldModel(nn.Module):
                         dtype: torch.dtype | str | None = None) -> "WorldModel":
         """Load a model directory, or an embedded model by name (``"default"``).
 
-        ``dtype``: the precision of the weights (``"float16"``/``"bfloat16"`` halve their memory and speed up GPUs;
-        None keeps float32, the fastest on a CPU). Sampling, EDM preconditioning and latents stay float32 either way.
+        ``dtype``: the precision of the weights (``"float16"``/``"bfloat16"`` halve their memory and speed up GPUs,
+        bfloat16 also CPUs with bfloat16 units; None keeps float32). Sampling, EDM preconditioning and latents stay
+        float32 either way.
         """
         dtype = resolve_dtype(dtype)
         if str(path_or_name) in EMBEDDED_MODELS:
