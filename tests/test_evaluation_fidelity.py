@@ -116,6 +116,7 @@ def test_stored_runs_are_reused_only_for_the_same_weights_and_settings(evaluated
     half = run_evaluation([f"a={root / 'b'}"], str(root / "ds"), str(out), **{**settings, "seed": 3,
                                                                                 "dtype": "bfloat16"})
     assert len(calls) == 3 and half["models"]["a"]["per_camera"]  # another precision replays again
+    assert half["dtype"] == "bfloat16" and again["dtype"] == "float32"
     calls.pop()
     # A damaged store is ignored (and rewritten), never trusted.
     (out / "runs" / "b.npz").write_bytes(b"not an npz")

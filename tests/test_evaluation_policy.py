@@ -147,6 +147,9 @@ def test_simulator_and_model_envs_share_scenes_per_seed(setup):
     sim = sim_env(H, W, None)
     single = model_env(str(setup / "wm"), 1, sampling_steps=1)
     batched = model_env(str(setup / "wm"), 2, sampling_steps=1, max_steps=3)
+    half = model_env(str(setup / "wm"), 2, sampling_steps=1, max_steps=3, dtype="bfloat16")
+    assert half.model.denoiser.dtype == torch.bfloat16 and batched.model.denoiser.dtype == torch.float32
+    half.close()
     try:
         _, a = sim.reset(seed=[7])
         _, b = single.reset(seed=[7])
@@ -201,6 +204,8 @@ def test_policy_eval_command_end_to_end_and_resume(setup, monkeypatch):
     # Other settings are not served from the cache.
     with pytest.raises(pytest.fail.Exception, match="cached"):
         run_policy_eval([f"tiny={setup / 'wm'}"], str(out), num_envs=2, **{**kwargs, "max_steps": 3})
+    with pytest.raises(pytest.fail.Exception, match="cached"):  # another precision is another world
+        run_policy_eval([f"tiny={setup / 'wm'}"], str(out), num_envs=2, **{**kwargs, "dtype": "bfloat16"})
     with pytest.raises(ValueError, match="simulator"):
         run_policy_eval([f"sim={setup / 'wm'}"], str(out), **kwargs)
 

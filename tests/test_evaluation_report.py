@@ -71,7 +71,7 @@ def test_report_numbers_come_from_the_documents(tmp_path):
     assert "SeedSequence([3, e])" in text and "random backbone" not in text
 
 
-def test_report_flags_a_random_lpips_backbone_and_needs_an_input(tmp_path):
+def test_report_flags_a_random_lpips_backbone_and_half_precision_and_needs_an_input(tmp_path):
     metrics, _ = _write_synthetic_outputs(tmp_path)
     metrics["lpips_backbone"] = "alexnet-random"
     for entry in metrics["models"].values():
@@ -79,6 +79,11 @@ def test_report_flags_a_random_lpips_backbone_and_needs_an_input(tmp_path):
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
     text = build_report(str(tmp_path / "eval"), None, str(tmp_path / "r.md"), command="persistworld report")
     assert "randomly initialised AlexNet" in text and "Policy evaluation" not in text
+    assert "weights (`--dtype`)" not in text  # float32 (and documents older than the field) say nothing
+    metrics["dtype"] = "bfloat16"
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    text = build_report(str(tmp_path / "eval"), None, str(tmp_path / "r.md"), command="persistworld report")
+    assert "Every model ran with bfloat16 weights (`--dtype`)" in text
     with pytest.raises(ValueError, match="--eval"):
         build_report(None, None, str(tmp_path / "r.md"))
     with pytest.raises(FileNotFoundError, match="evaluate"):

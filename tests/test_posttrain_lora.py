@@ -47,7 +47,8 @@ def test_adapters_sit_on_attention_and_feed_forward_and_start_at_the_base_model(
     policy = PolicyWeights(d, lora_root=d.unet, fully_trained=[d.action_encoder], lora_rank=4)
     names = [n for n, p in d.named_parameters() if p.requires_grad]
     adapted = {re.sub(r".*transformer_blocks\.\d+\.", "", n.split(".lora_")[0]) for n in names if ".lora_" in n}
-    assert adapted == {f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")} | {
+    # every projection but the cross-attention's query and key, which are inert (one key per query)
+    assert adapted == {f"attn1.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0")} | {"attn2.to_v", "attn2.to_out.0"} | {
         f"{f}.net.{p}" for f in ("ff", "ff_in") for p in ("0.proj", "2")}
     assert all(f".{TRAIN_ADAPTER}." in n for n in names if ".lora_" in n)
     assert {n for n in names if ".lora_" not in n} == {f"action_encoder.{n}" for n, _ in
@@ -149,8 +150,10 @@ def test_full_finetune_trains_everything_with_shadow_old_and_reference():
     d = model.denoiser
     args, kwargs = _inputs()
     base = _predict(d, args, kwargs)
-    policy = PolicyWeights(d, full_finetune=True)
-    assert len(policy.trainable_parameters()) == len(list(d.parameters()))
+    policy = PolicyWeights(d, full_finetune=True, frozen=d.inert_parameters())
+    trainable = policy.trainable_parameters()
+    assert len(trainable) == len(list(d.parameters())) - len(d.inert_parameters()) > 0
+    assert not any(p is q for p in trainable for q in d.inert_parameters())
     _perturb(policy.trainable_parameters(), 4, scale=0.01)
     trained = _predict(d, args, kwargs)
     with policy.old():

@@ -60,6 +60,61 @@ def test_per_frame_token_processor_matches_manual_attention():
                                AttnProcessor2_0()(attn, hidden, tokens[:, :1]))
 
 
+@pytest.mark.parametrize("residual, rescale", [(False, 1.0), (True, 2.0)])
+def test_single_key_shortcut_has_the_attention_gradients(residual, rescale):
+    """The processor skips the query/key projections and the kernel (one key: softmax weight 1); outputs and
+    parameter gradients equal diffusers' attention over the selected token."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    torch.manual_seed(1)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4, residual_connection=residual,
+                     rescale_output_factor=rescale)
+    hidden = torch.randn(6, 5, 8)
+    tokens = torch.randn(6, 3, 6)
+    grads = []
+    for processor, context in ((FrameTokenAttnProcessor("first"), tokens),
+                               (AttnProcessor2_0(), tokens[:, :1])):
+        attn.zero_grad()
+        attn.set_processor(processor)
+        out = attn(hidden, encoder_hidden_states=context)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), {n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                     for n, p in attn.named_parameters()}))
+    (fast, fast_grads), (ref, ref_grads) = grads
+    torch.testing.assert_close(fast, ref)
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], msg=name)
+    assert ref_grads["to_q.weight"].abs().max() < 1e-6  # the query never mattered
+
+
+def test_inert_parameters_do_not_change_the_output(model):
+    """The cross-attention's query/key projections and query norm are inert: changing them leaves the prediction
+    as it was; changing the value projection next to them does not."""
+    d = model.denoiser
+    inert = d.inert_parameters()
+    names = [n for n, p in d.named_parameters() if any(p is q for q in inert)]
+    assert names and all(any(f".{k}." in n for k in ("attn2.to_q", "attn2.to_k", "norm2")) for n in names)
+    g = torch.Generator().manual_seed(0)
+    c = d.config.latent_channels
+    h, w = 9, 5  # three views of 3x5 latents, stacked along height
+    args = (torch.randn(2, 5, c, h, w, generator=g), torch.full((2,), 2.0), torch.randn(2, 6, c, h, w, generator=g),
+            torch.randn(2, c, h, w, generator=g))
+    poses = torch.rand(2, d.config.num_frames, 7, generator=g) * 2 - 1
+    with torch.no_grad():
+        before = d(*args, poses=poses)
+        saved = [p.clone() for p in inert]
+        for p in inert:
+            p.add_(torch.randn(p.shape, generator=g))
+        same = d(*args, poses=poses)
+        for p, q in zip(inert, saved):
+            p.copy_(q)
+        value = next(p for n, p in d.named_parameters() if ".attn2.to_v." in n)
+        value.add_(0.5)
+        changed = d(*args, poses=poses)
+        value.sub_(0.5)
+    torch.testing.assert_close(same, before, rtol=0, atol=1e-6)
+    assert (changed - before).abs().max() > 1e-3
+
+
 def test_history_buffer_reads_sparse_offsets_and_stays_bounded():
     h = _History(torch.tensor(0), torch.tensor(0), window=8)
     offsets = (-7, -6, -5, -4, -3, -2)

@@ -61,6 +61,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 
 
+def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the models' weights") -> None:
+    """``--dtype`` (None = float32) for a command that runs world models."""
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                        help=f"precision of {what} (default: float32; bfloat16 is faster on GPUs and on CPUs with "
+                             "bfloat16 units, e.g. lscpu lists amx_bf16 or avx512_bf16; float16 is for GPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persistworld", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="task family (default: random)")
     p.add_argument("--model", default="default", help="world model directory (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                   help="precision of the model's weights (default: float32; half precision is for GPUs)")
+    add_dtype_argument(p, "the model's weights")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate MiniDROID episodes in the DROID LeRobot layout (resumable)")

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.cli import add_dtype_argument
+
 REAL_WORLD = "sim"
 
 
@@ -33,19 +35,20 @@ def sim_env(height: int, width: int, task: str | None):
 def model_env(model: str, num_envs: int = 1, *, device: str = "cpu", sampling_steps: int | None = None,
               guidance: float | None = None, task: str | None = None, max_steps: int = 25,
               success_detector: str | None = None, success_threshold: float | None = None,
-              success_steps: int | None = None):
+              success_steps: int | None = None, dtype: str | None = None):
     """The world model as a vector env whose per-step ``info["success"]`` is its learned success detector.
 
     One env: ``PersistWorldEnv(reward="success")`` (the detector from ``success_detector`` or the model
     directory's ``success_detector/``; it also terminates on success). Several: the batched
     ``PersistWorldVectorEnv`` with the same :class:`~persistworld_env.success.SuccessReward` as its reward,
-    which reports ``info["success"]`` per sub-env.
+    which reports ``info["success"]`` per sub-env. ``dtype``: the world model's weights (None: float32).
     """
     import gymnasium as gym
 
     from persistworld_env.world_model_env import PersistWorldEnv
 
-    common = dict(model=model, device=device, sampling_steps=sampling_steps, guidance=guidance, task=task)
+    common = dict(model=model, device=device, sampling_steps=sampling_steps, guidance=guidance, task=task,
+                  dtype=dtype)
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([lambda: PersistWorldEnv(
             reward="success", success_detector=success_detector, success_threshold=success_threshold,
@@ -146,9 +149,11 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
                     task: str | None = None, num_envs: int = 1, sampling_steps: int | None = None,
                     guidance: float | None = None, success_detector: str | None = None,
                     success_threshold: float | None = None, success_steps: int | None = None,
-                    bootstrap: int = 1000, device: str = "cpu",
+                    bootstrap: int = 1000, device: str = "cpu", dtype: str | None = None,
                     progress: bool = True, command: str | None = None) -> dict:
-    """Run the zoo in the simulator and in every model; write ``out`` and return policy_eval.json's content."""
+    """Run the zoo in the simulator and in every model; write ``out`` and return policy_eval.json's content.
+
+    ``dtype``: the world models' weights (None: float32; see ``WorldModel.from_pretrained``)."""
     from persistworld_env.constants import DEFAULT_HEIGHT, DEFAULT_WIDTH
     from persistworld_env.evaluation.fidelity import ModelSpec, unique_specs
     from persistworld_env.evaluation.plots import plot_policy_scatter
@@ -192,11 +197,12 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
     for spec in specs:
         venv = model_env(spec.path, num_envs, device=device, sampling_steps=sampling_steps, guidance=guidance,
                          task=task, max_steps=max_steps, success_detector=success_detector,
-                         success_threshold=success_threshold, success_steps=success_steps)
+                         success_threshold=success_threshold, success_steps=success_steps, dtype=dtype)
         try:
             settings = {"model_sha256": files_sha256(model_directory(spec.path)), "sampling_steps": sampling_steps,
                         "guidance": guidance, "success_detector_sha256": files_sha256(success_detector),
-                        "success_threshold": success_threshold, "success_steps": success_steps}
+                        "success_threshold": success_threshold, "success_steps": success_steps,
+                        **({"dtype": dtype} if dtype else {})}  # float32 runs keep their earlier stored key
             results[spec.name] = {"path": spec.path, "success": run_all(venv, f"model-{spec.name}", settings)}
         finally:
             venv.close()
@@ -274,6 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "success before the episode counts (default: the detector's own)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the seeds")
     parser.add_argument("--device", default="cpu", help="torch device of the world models")
+    add_dtype_argument(parser)
     return parser
 
 
@@ -284,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
                           task=args.task, num_envs=args.num_envs, sampling_steps=args.sampling_steps,
                           guidance=args.guidance, success_detector=args.success_detector,
                           success_threshold=args.success_threshold, success_steps=args.success_steps,
-                          bootstrap=args.bootstrap, device=args.device,
+                          bootstrap=args.bootstrap, device=args.device, dtype=args.dtype,
                           command=getattr(args, "command_line", None))
     print_table(doc)
     print(f"wrote {Path(args.out) / 'policy_eval.json'}")

@@ -183,7 +183,7 @@ def build_policy(denoiser, config: PosttrainConfig):
     return PolicyWeights(denoiser, full_finetune=config.full_finetune, lora_root=denoiser.unet,
                          fully_trained=[denoiser.action_encoder], lora_rank=config.lora_rank,
                          lora_alpha=config.lora_alpha, keep_reference=config.ref_weight > 0,
-                         average_decay=config.average_decay)
+                         average_decay=config.average_decay, frozen=denoiser.inert_parameters())
 
 
 def sampler_settings(model, steps: int | None):

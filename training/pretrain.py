@@ -178,6 +178,8 @@ def pretrain(config: PretrainConfig) -> dict:
         train_set.use_latents(lambda frames: model.codec.encode_views(frames[None])[0].cpu().numpy(),
                               _weights_id(model.autoencoder), cache_dir=out_dir / "latent_cache")
     denoiser = model.denoiser
+    for p in denoiser.inert_parameters():  # never used by the forward: DDP would wait for their gradients
+        p.requires_grad_(False)
     ema = EMAModel(denoiser.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))

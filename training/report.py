@@ -63,6 +63,9 @@ def fidelity_section(doc: dict, eval_dir: Path, report: Path, assets: Path) -> l
              f"first frame with the recorded poses for {horizon} steps ({seconds:.1f} s). Per camera and step: PSNR "
              "(data range 1), SSIM (Gaussian window 11, sigma 1.5), LPIPS (AlexNet v0.1); external = mean of the two "
              "exterior cameras. Means over all steps and episodes; Elo from the paired games below.", ""]
+    if doc.get("dtype", "float32") != "float32":  # documents written before the field ran float32
+        lines += [f"Every model ran with {doc['dtype']} weights (`--dtype`); the sampler and the metrics stay float32.",
+                  ""]
     backbone = doc["lpips_backbone"]
     if backbone == "alexnet-random":
         lines += ["**LPIPS here runs on a randomly initialised AlexNet backbone (`--lpips random`): the code path is "

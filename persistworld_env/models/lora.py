@@ -25,8 +25,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-#: peft ``target_modules`` regex: attention projections and feed-forward layers of every transformer block.
-LORA_TARGET_MODULES = (r".*transformer_blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
+#: peft ``target_modules`` regex: attention projections and feed-forward layers of every transformer block, but
+#: not the cross-attention's query and key (inert: one key per query, see ``denoiser.INERT_PARAMETERS``).
+LORA_TARGET_MODULES = (r".*transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|attn2\.(to_v|to_out\.0))"
                        r"|.*transformer_blocks\.\d+\.(ff|ff_in)\.net\.(0\.proj|2)")
 TRAIN_ADAPTER, OLD_ADAPTER = "policy", "old"  # ("train" would clash with nn.Module.train)
 
@@ -81,19 +82,20 @@ class PolicyWeights:
 
     Args:
         network: the module whose forward is the policy (the denoiser).
-        full_finetune: train every parameter instead of LoRA adapters.
+        full_finetune: train every parameter (but ``frozen``) instead of LoRA adapters.
         lora_root: the submodule that gets adapters (the UNet); required in LoRA mode.
         fully_trained: submodules trained fully in LoRA mode (the action encoder).
         lora_rank, lora_alpha: adapter rank and scale numerator (alpha / rank; alpha defaults to rank).
         target_modules: peft target regex (default :data:`LORA_TARGET_MODULES`).
         keep_reference: keep what :meth:`reference` needs (an extra copy in full mode).
         average_decay: decay of a running average of the trained weights (0 = none kept).
+        frozen: parameters never trained in full mode (the denoiser's ``inert_parameters()``).
     """
 
     def __init__(self, network: nn.Module, full_finetune: bool = False, lora_root: nn.Module | None = None,
                  fully_trained: Sequence[nn.Module] = (), lora_rank: int = 8, lora_alpha: float | None = None,
                  target_modules: str = LORA_TARGET_MODULES, keep_reference: bool = True,
-                 average_decay: float = 0.0) -> None:
+                 average_decay: float = 0.0, frozen: Sequence[nn.Parameter] = ()) -> None:
         if not 0.0 <= average_decay < 1.0:
             raise ValueError(f"average_decay must be in [0, 1), got {average_decay}")
         self.network = network
@@ -102,6 +104,8 @@ class PolicyWeights:
         self._layers: list[tuple[str, nn.Module]] = []  # (name in network, peft LoRA layer)
         if self.full_finetune:
             network.requires_grad_(True)
+            for p in frozen:
+                p.requires_grad_(False)
             shadowed = [p for p in network.parameters()]
         else:
             if lora_root is None:
