@@ -97,8 +97,8 @@ class FrameTokenAttnProcessor(AttnProcessor2_0):
 
     Attending to a single key, softmax gives that key weight 1 whatever the query, so the output is the
     token's value, projected out, at every position: ``to_out(to_v(token))``. That is computed directly,
-    skipping the query and key projections and the attention kernel (the same function and gradients,
-    up to float rounding; a quarter of the default denoiser's time on a CPU went to those).
+    skipping the query and key projections and the attention kernel (the same function and gradients, up
+    to float rounding; about 7 % of the default denoiser's CPU time at batch 8, docs/benchmarks.md).
     """
 
     def __init__(self, mode: str) -> None:
