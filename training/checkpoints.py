@@ -55,10 +55,24 @@ def save_checkpoint(accelerator, out_dir: str | os.PathLike, step: int, trainer_
     return final
 
 
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot be resumed by this run (another model or settings, or damaged files)."""
+
+
 def resume_checkpoint(accelerator, checkpoint: Path) -> dict[str, Any]:
-    """Load an accelerate state saved by :func:`save_checkpoint`; returns its trainer state (with ``step``)."""
-    accelerator.load_state(str(checkpoint))
-    return json.loads((checkpoint / TRAINER_STATE).read_text())
+    """Load an accelerate state saved by :func:`save_checkpoint`; returns its trainer state (with ``step``).
+
+    Raises :class:`ResumeError` naming the checkpoint when its state does not fit this run or is damaged."""
+    try:
+        accelerator.load_state(str(checkpoint))
+        return json.loads((checkpoint / TRAINER_STATE).read_text())
+    except Exception as e:  # torch, safetensors and pickle each raise their own kinds; the cause stays chained
+        raise ResumeError(
+            f"cannot resume from {checkpoint}: {type(e).__name__}: {str(e)[:500]}\n"
+            "It was written for another model or other training settings (the LoRA rank or targets, "
+            "--full-finetune; post-training checkpoints from before 2026-12-03 also adapted the cross-attention's "
+            "query and key), or its files are damaged. Resume with the settings and version that wrote it, move it "
+            "away to resume from the previous checkpoint, or start a new --out.") from e
 
 
 def check_resume(out_dir: str | os.PathLike, resume: bool) -> Path | None:
