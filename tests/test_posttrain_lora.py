@@ -237,3 +237,25 @@ def test_running_average_of_the_trained_weights_is_exported_and_checkpointed():
         PolicyWeights(plain, lora_root=plain.unet, lora_rank=4).merged_state_dict(averaged=True)
     with pytest.raises(ValueError, match="average_decay"):
         PolicyWeights(plain, lora_root=plain.unet, average_decay=1.0)
+
+
+def test_old_policy_is_not_merged_under_16_bit_autocast():
+    """With old == trained, the old policy must predict what the trained one does. Merging the adapters into
+    bfloat16-rounded weights would lose most of a small adaptation, so under autocast the adapters run instead."""
+    model = _model()
+    d = model.denoiser
+    args, kwargs = _inputs()
+    policy = PolicyWeights(d, lora_root=d.unet, fully_trained=[d.action_encoder], lora_rank=4)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in d.named_parameters():
+            if ".lora_B." in n and f".{TRAIN_ADAPTER}" in n:
+                p.normal_(0, 0.01)
+    policy.update_old(0.0)  # old := trained
+    trained = _predict(d, args, kwargs)
+    with policy.old(merged=True):
+        torch.testing.assert_close(_predict(d, args, kwargs), trained, atol=1e-5, rtol=0)  # float32: merged
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = _predict(d, args, kwargs)
+        with policy.old(merged=True):
+            assert torch.equal(_predict(d, args, kwargs), trained)  # the same computation, not merged weights

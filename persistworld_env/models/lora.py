@@ -77,6 +77,12 @@ def _lora_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in network.named_modules() if isinstance(m, LoraLayer)]
 
 
+def merging_is_exact(network: nn.Module) -> bool:
+    """Whether folding adapters into the weights keeps the function: float32 weights, no autocast on their device."""
+    weight = next(network.parameters())
+    return weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+
+
 class PolicyWeights:
     """The trained policy, the old (EMA) policy and the frozen reference on one network.
 
@@ -170,12 +176,17 @@ class PolicyWeights:
         ``merged=True`` (LoRA mode) folds the old adapter into temporary copies of the base weights and
         bypasses the adapters: the same function, without the adapters' per-layer cost (~1.5x faster
         forwards here), for a block of many forwards such as sampling. Costs one copy of the adapted
-        weights while it lasts; the base weights are restored exactly.
+        weights while it lasts; the base weights are restored exactly. Only in float32: under autocast to a
+        16-bit type (or with 16-bit weights) the block runs the adapters instead, because rounding the
+        merged ``W + delta`` to 16 bits loses most of a small ``delta`` (measured: the merged old policy then
+        differed from an identical trained one by 2/3 of the whole adaptation, and post-training under
+        ``--mixed-precision bf16`` made the model worse than its base; docs/results_posttrain_bf16.md).
         """
         if self.full_finetune:
             with self._old.swapped():
                 yield self.network
             return
+        merged = merged and merging_is_exact(self.network)
         if merged:
             originals = self._merge(OLD_ADAPTER)
             self._enable_adapters(False)
