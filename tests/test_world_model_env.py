@@ -30,8 +30,12 @@ def env(model_dir):
     e.close()
 
 
-def test_check_env(env):
-    check_env(env, skip_render_check=False)
+def test_check_env(model_dir):
+    env = gym.make("PersistWorld-DROID-v0", model=str(model_dir), sampling_steps=2)
+    try:
+        check_env(env.unwrapped, skip_render_check=False)  # made through its spec, so render modes are checked too
+    finally:
+        env.close()
 
 
 def test_gym_make_and_spaces_match_the_simulator(model_dir):
