@@ -1,0 +1,109 @@
+"""Layout-aware group norm: which inputs avoid PyTorch's slow channels-last bfloat16 route, and that both routes
+compute ``nn.GroupNorm``'s function (checked against a float64 hand computation) with its parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from persistworld_env.models.autoencoder import build_autoencoder
+from persistworld_env.models.group_norm import (
+    LayoutAwareGroupNorm, takes_slow_channels_last_route, use_layout_aware_group_norm,
+)
+from persistworld_env.models.image_codec import LatentCodec
+
+CL = torch.channels_last
+
+
+def hand_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """(x - mean) / sqrt(var + eps) * weight + bias over each sample's groups of channels, in float64."""
+    n, c, h, w = x.shape
+    g = x.double().reshape(n, groups, -1)
+    mean = g.mean(-1, keepdim=True)
+    var = ((g - mean) ** 2).mean(-1, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + eps)).reshape(n, c, h, w)
+    return y * weight.double()[:, None, None] + bias.double()[:, None, None]
+
+
+def layer(channels: int, groups: int = 8, dtype=torch.bfloat16) -> nn.GroupNorm:
+    torch.manual_seed(1)
+    norm = nn.GroupNorm(groups, channels)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    use_layout_aware_group_norm(norm)
+    return norm.to(dtype)
+
+
+@pytest.mark.parametrize("shape, dtype, layout, slow", [
+    ((2, 32, 24, 40), torch.bfloat16, CL, True),            # 4 channels per group, 960 pixels
+    ((2, 64, 6, 10), torch.bfloat16, CL, True),             # the decoder's smallest level
+    ((2, 192, 24, 40), torch.bfloat16, CL, True),           # 24 channels per group: not a multiple of 16
+    ((2, 128, 24, 40), torch.bfloat16, CL, False),          # 16 channels per group
+    ((2, 32, 32, 32), torch.bfloat16, CL, False),           # 1024 pixels
+    ((2, 32, 24, 40), torch.float32, CL, False),            # float32: the kernel is fine
+    ((2, 32, 24, 40), torch.bfloat16, torch.contiguous_format, False),
+])
+def test_which_inputs_take_the_slow_route(shape, dtype, layout, slow):
+    x = torch.zeros(shape, dtype=dtype).contiguous(memory_format=layout)
+    assert takes_slow_channels_last_route(x, 8) is slow
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 24, 40), (3, 128, 6, 10), (2, 16, 48, 80)])
+def test_both_routes_compute_group_norm(shape):
+    norm = layer(shape[1])
+    torch.manual_seed(2)
+    x = (torch.randn(shape) * 3 + 1).to(torch.bfloat16).contiguous(memory_format=CL)
+    y = norm(x)
+    expected = hand_group_norm(x, 8, norm.weight, norm.bias, norm.eps)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL)
+    # bfloat16 keeps 8 significant bits: outputs of magnitude ~5 round by up to ~0.03
+    torch.testing.assert_close(y.double(), expected, rtol=1e-2, atol=5e-2)
+    plain = nn.functional.group_norm(x.contiguous(), 8, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(y.contiguous().double(), plain.double(), rtol=1e-2, atol=5e-2)
+
+
+def test_float32_output_matches_group_norm_exactly():
+    norm = layer(32, dtype=torch.float32)
+    x = torch.randn(2, 32, 24, 40).contiguous(memory_format=CL)
+    plain = nn.functional.group_norm(x, 8, norm.weight, norm.bias, norm.eps)
+    assert torch.equal(norm(x), plain)
+    torch.testing.assert_close(norm(x).double(), hand_group_norm(x, 8, norm.weight, norm.bias, norm.eps), rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_flow_through_the_default_layout_route():
+    norm = layer(32)
+    x = torch.randn(2, 32, 24, 40).to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+    assert takes_slow_channels_last_route(x, 8)
+    norm(x).float().square().sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None and torch.isfinite(x.grad.float()).all()
+
+
+def test_conversion_keeps_parameters_and_state_dict():
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder("tiny")
+    before = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    count = sum(type(m) is nn.GroupNorm for m in autoencoder.modules())
+    assert count > 0 and use_layout_aware_group_norm(autoencoder) == count
+    assert use_layout_aware_group_norm(autoencoder) == 0  # already converted
+    after = autoencoder.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(isinstance(m, LayoutAwareGroupNorm) for m in autoencoder.modules() if isinstance(m, nn.GroupNorm))
+
+
+def test_channels_last_codec_uses_layout_aware_norms_and_decodes_alike():
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder("tiny")
+    reference = LatentCodec(build_autoencoder("tiny"))
+    reference.autoencoder.load_state_dict(autoencoder.state_dict())
+    fast = LatentCodec(autoencoder.to(torch.bfloat16), channels_last=True)
+    assert any(isinstance(m, LayoutAwareGroupNorm) for m in fast.autoencoder.modules())
+    assert not any(isinstance(m, LayoutAwareGroupNorm) for m in reference.autoencoder.modules())
+    z = torch.randn(4, reference.latent_channels, 6, 10)
+    torch.testing.assert_close(fast.decode_images(z), reference.decode_images(z), rtol=0, atol=0.1)
+
+
+def test_autocast_keeps_the_usual_kernel():
+    x = torch.zeros(2, 32, 24, 40, dtype=torch.bfloat16).contiguous(memory_format=CL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not takes_slow_channels_last_route(x, 8)
