@@ -22,6 +22,7 @@ from torch import nn
 
 from persistworld_env.constants import NUM_CLIP_FRAMES, NUM_HISTORY_FRAMES
 from persistworld_env.diffusion.edm import denoise
+from persistworld_env.models.cpu_layers import use_row_chunked_feed_forward
 from persistworld_env.models.conditioning import MINIDROID_VOCABULARY, ActionEncoder, InstructionEmbedding
 
 
@@ -162,6 +163,7 @@ class WorldModelDenoiser(nn.Module):
             num_frames=config.num_frames,
         )
         install_frame_token_processors(self.unet)
+        use_row_chunked_feed_forward(self.unet)  # same function; cache-sized feed-forward calls on a CPU
         self.action_encoder = ActionEncoder(config.token_dim)
         self.instruction_embedding = (InstructionEmbedding(config.instruction_vocabulary, config.token_dim)
                                       if config.instruction_vocabulary else None)

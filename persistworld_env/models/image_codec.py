@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from persistworld_env.models.group_norm import use_layout_aware_group_norm
-
 ImageArray = Union[np.ndarray, torch.Tensor]
 
 CPU_CHUNK_SIZE = 16  # images per autoencoder call on a CPU (per-image cost rises past ~24 here)
@@ -85,7 +83,7 @@ class LatentCodec:
         sample_posterior: encode with a posterior sample instead of its mode (default: mode).
         channels_last: convert the autoencoder (in place) and its inputs to channels-last memory
             format: ~20% faster convolutions on CPU here (3-8x in bfloat16), same results up to float
-            rounding; its group norms become :class:`~persistworld_env.models.group_norm.LayoutAwareGroupNorm`,
+            rounding; its group norms become :class:`~persistworld_env.models.cpu_layers.LayoutAwareGroupNorm`,
             which keeps bfloat16 inputs off PyTorch's slow channels-last group-norm path.
     """
 
@@ -99,6 +97,8 @@ class LatentCodec:
         self.temporal = _is_temporal(autoencoder)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
+            from persistworld_env.models.cpu_layers import use_layout_aware_group_norm  # imports diffusers
+
             self.autoencoder.to(memory_format=torch.channels_last)
             use_layout_aware_group_norm(self.autoencoder)
 

@@ -1,15 +1,23 @@
-"""Layout-aware group norm: which inputs avoid PyTorch's slow channels-last bfloat16 route, and that both routes
-compute ``nn.GroupNorm``'s function (checked against a float64 hand computation) with its parameters."""
+"""CPU layers: the layout-aware group norm (which inputs avoid PyTorch's slow channels-last bfloat16 route; both
+routes compute ``nn.GroupNorm``'s function, checked against a float64 hand computation) and the row-chunked
+feed-forward (same outputs and gradients as diffusers' ``FeedForward``, also inside the denoiser with LoRA)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from persistworld_env.models.autoencoder import build_autoencoder
-from persistworld_env.models.group_norm import (
-    LayoutAwareGroupNorm, takes_slow_channels_last_route, use_layout_aware_group_norm,
+from diffusers.models.attention import FeedForward
+
+from persistworld_env.models.cpu_layers import (
+    CPU_FEED_FORWARD_ROWS, LayoutAwareGroupNorm, RowChunkedFeedForward, takes_slow_channels_last_route,
+    use_layout_aware_group_norm, use_row_chunked_feed_forward,
 )
+from persistworld_env.data.stats import PoseNormalizer
+from persistworld_env.models.world_model import WorldModel
+from persistworld_env.models.lora import PolicyWeights
 from persistworld_env.models.image_codec import LatentCodec
 
 CL = torch.channels_last
@@ -107,3 +115,66 @@ def test_autocast_keeps_the_usual_kernel():
     x = torch.zeros(2, 32, 24, 40, dtype=torch.bfloat16).contiguous(memory_format=CL)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not takes_slow_channels_last_route(x, 8)
+
+
+def feed_forward_pair(dim: int = 12) -> tuple[FeedForward, RowChunkedFeedForward]:
+    torch.manual_seed(3)
+    plain = FeedForward(dim, activation_fn="geglu")
+    chunked = FeedForward(dim, activation_fn="geglu")
+    chunked.load_state_dict(plain.state_dict())
+    assert use_row_chunked_feed_forward(chunked) == 1 and isinstance(chunked, RowChunkedFeedForward)
+    chunked.max_rows = 7
+    return plain, chunked
+
+
+def test_row_chunked_feed_forward_gives_the_same_outputs_and_gradients():
+    plain, chunked = feed_forward_pair()
+    x = torch.randn(3, 10, 12)  # 30 rows: 4 calls of at most 7 rows, the last one of 2
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = plain(x1), chunked(x2)
+    assert y2.shape == y1.shape == (3, 10, 12)
+    torch.testing.assert_close(y2, y1, rtol=1e-6, atol=1e-6)
+    (y1 * y1).sum().backward()
+    (y2 * y2).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-6)
+    for (name, p1), p2 in zip(plain.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_row_chunked_feed_forward_calls_the_layers_in_chunks_only_past_the_limit():
+    _, chunked = feed_forward_pair()
+    sizes = []
+    chunked.net[0].register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    chunked(torch.randn(30, 12))
+    chunked(torch.randn(1, 7, 12))  # 7 rows: one call, shape unchanged
+    chunked.max_rows = None
+    chunked(torch.randn(30, 12))
+    assert sizes[:4] == [7, 7, 7, 7] and sizes[4:] == [2, 1, 30]
+    assert RowChunkedFeedForward.max_rows == CPU_FEED_FORWARD_ROWS
+
+
+def test_denoiser_feed_forwards_are_row_chunked_and_match_with_lora():
+    torch.manual_seed(0)
+    normalizer = PoseNormalizer(low=np.full(7, -1.0), high=np.full(7, 1.0))
+    denoiser = WorldModel.build("tiny", normalizer, height=24, width=40).denoiser
+    layers = [m for m in denoiser.modules() if isinstance(m, FeedForward)]
+    assert layers and all(isinstance(m, RowChunkedFeedForward) for m in layers)
+    PolicyWeights(denoiser, lora_root=denoiser.unet, lora_rank=2)  # adapters on the feed-forward projections too
+    lora_b = [p for n, p in denoiser.named_parameters() if "lora_B" in n and ".ff." in n]
+    assert lora_b
+    with torch.no_grad():
+        for p in lora_b:  # peft starts B at zero; make the adapters count
+            p.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(0)
+    c = denoiser.config.latent_channels
+    args = (torch.randn(2, 5, c, 9, 5, generator=g), torch.full((2,), 2.0), torch.randn(2, 6, c, 9, 5, generator=g),
+            torch.randn(2, c, 9, 5, generator=g))
+    poses = torch.rand(2, denoiser.config.num_frames, 7, generator=g) * 2 - 1
+    with torch.no_grad():
+        for m in layers:
+            m.max_rows = None
+        whole = denoiser(*args, poses=poses)
+        for m in layers:
+            m.max_rows = 16
+        chunked = denoiser(*args, poses=poses)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
