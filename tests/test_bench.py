@@ -29,7 +29,7 @@ def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
         assert figures[f"sampling_per_rollout_fwd{m}"] > 0
     assert "sampling_per_rollout_fwd4" not in figures and figures["call_size_batch"] == 3
     assert all(figures[f"decoding_per_rollout_call{c}"] > 0 for c in (12, 16, 24, 64))
-    assert figures["default_max_batch"] == 8 and figures["default_images_per_call"] == 16  # CPU defaults
+    assert figures["default_max_batch"] == 16 and figures["default_images_per_call"] == 16  # CPU defaults
 
 
 def test_bench_env_compares_batched_with_sync_vector_envs(tiny_model):

@@ -3,7 +3,8 @@
 Conditional and unconditional branches run in one batched forward; each batch element draws its
 noise from its own ``torch.Generator`` so a rollout is reproducible whatever it is batched with.
 On a CPU a large batch is run in denoiser forwards of at most :data:`CPU_MAX_BATCH` elements: past that the
-activations leave the cache and every element costs more (docs/benchmarks.md, 2026-12-02 evening).
+activations leave the cache and every element costs more (docs/benchmarks.md: 8 until the feed-forward
+layers ran in token chunks, 16 since).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from persistworld_env.diffusion.sampling import (
 )
 from persistworld_env.models.denoiser import WorldModelDenoiser
 
-CPU_MAX_BATCH = 8  # denoiser elements per forward on a CPU (measured best of 1..16 for the default model)
+CPU_MAX_BATCH = 16  # denoiser elements per forward on a CPU (best of 4-24 for the default model, docs/benchmarks.md)
 
 
 def default_max_batch(device: torch.device | str) -> int | None:
