@@ -88,3 +88,12 @@ def test_quality_command_writes_every_figure_per_camera(sim_dataset, model_dir, 
         assert set(saved["one_step"][cam]) == {"psnr", "ssim", "baseline_psnr", "baseline_ssim"}
     assert saved["replay"]["episodes"] == [2] and np.array(saved["replay"]["psnr"]).shape == (3, 2)
     assert saved["vae_psnr_as_decoded"]["wrist_left"] == pytest.approx(saved["vae_psnr"]["wrist_left"], abs=0.5)
+
+
+def test_quality_command_runs_in_bfloat16_and_says_so(sim_dataset, model_dir, tmp_path, capsys):
+    out = tmp_path / "q16"
+    assert cli_main(["quality", "--model", model_dir, "--data", str(sim_dataset), "--out", str(out),
+                     "--val-episodes", "2", "--episodes", "1", "--samples", "2", "--steps", "1", "--dtype", "bfloat16"]) == 0
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["dtype"] == "bfloat16" and all(np.isfinite(v) for v in saved["vae_psnr"].values())
+    assert "(bfloat16)" in capsys.readouterr().out

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from training.cli import add_dtype_argument
+
 
 def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8, samples: int = 64, steps: int = 14,
-                     val_mod: int = 100, val_rem: int = 99, val_episodes=None, seed: int = 0) -> dict:
+                     val_mod: int = 100, val_rem: int = 99, val_episodes=None, seed: int = 0,
+                     dtype: str | None = None) -> dict:
+    """The figures of the module docstring as a dict (also written to ``out/quality.json``).
+
+    ``dtype``: the model's weights' precision (None: float32; see ``WorldModel.from_pretrained``).
+    """
     import torch
 
     from persistworld_env.data.dataset import WorldModelDataset
@@ -26,7 +33,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     from persistworld_env.visualization import comparison_frames, write_video
 
     torch.manual_seed(seed)
-    model = WorldModel.from_pretrained(model_dir)
+    model = WorldModel.from_pretrained(model_dir, dtype=dtype)
     split = dict(val_mod=val_mod, val_rem=val_rem, val_episodes=val_episodes)
     val = WorldModelDataset(data_dir, "val", normalizer=model.normalizer, seed=seed, **split)
     if len(val) == 0:
@@ -39,6 +46,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     reader = val.reader
     eligible = select_replay_episodes(reader, val.episodes, steps, episodes)
     result: dict = {"model": str(model_dir), "data": str(data_dir), "cameras": list(model.config.cameras),
+                    "dtype": str(model.denoiser.dtype).removeprefix("torch."),
                     "vae_psnr": vae, "vae_psnr_as_decoded": vae_as_decoded, "one_step": one_step, "replay": {}}
     if eligible:
         eps = [load_replay_episode(reader, e, steps) for e in eligible]
@@ -58,7 +66,8 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"quality of {result['model']}")
+    precision = "" if result.get("dtype", "float32") == "float32" else f" ({result['dtype']})"
+    table = Table(title=f"quality of {result['model']}{precision}")
     cols = ["camera", "VAE PSNR", "VAE PSNR as decoded", "1-step PSNR", "repeat PSNR", "1-step SSIM", "repeat SSIM"]
     replay = result["replay"]
     if replay:
@@ -89,11 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_dtype_argument(parser, "the model's weights")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     result = evaluate_quality(args.model, args.data, args.out, args.episodes, args.samples, args.steps,
-                              args.val_mod, args.val_rem, args.val_episodes, args.seed)
+                              args.val_mod, args.val_rem, args.val_episodes, args.seed, dtype=args.dtype)
     print(json.dumps(result)) if args.json else print_table(result)
     return 0
