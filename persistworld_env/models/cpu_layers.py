@@ -17,7 +17,7 @@ route depends on the input's shape, dtype and layout alone, so a rollout stays r
 the 15,840 tokens of a batch-8 denoiser forward that intermediate (8 MB in bfloat16) leaves the cache and is
 allocated afresh each call. :class:`RowChunkedFeedForward` runs the feed-forward on at most
 :data:`CPU_FEED_FORWARD_ROWS` tokens at a time on a CPU (each token's output depends on that token alone):
-the default denoiser's batch-8 forward 10-15 % faster, batch 1 unchanged (it has fewer tokens than that).
+the default denoiser's batch-8 forward 8-15 % faster, batch 1 unchanged (it has fewer tokens than that).
 """
 from __future__ import annotations
 
