@@ -6,19 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention import FeedForward
 from torch import nn
 
+from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import build_autoencoder
-from diffusers.models.attention import FeedForward
-
 from persistworld_env.models.cpu_layers import (
     CPU_FEED_FORWARD_ROWS, LayoutAwareGroupNorm, RowChunkedFeedForward, takes_slow_channels_last_route,
     use_layout_aware_group_norm, use_row_chunked_feed_forward,
 )
-from persistworld_env.data.stats import PoseNormalizer
-from persistworld_env.models.world_model import WorldModel
-from persistworld_env.models.lora import PolicyWeights
 from persistworld_env.models.image_codec import LatentCodec
+from persistworld_env.models.lora import PolicyWeights
+from persistworld_env.models.world_model import WorldModel
 
 CL = torch.channels_last
 

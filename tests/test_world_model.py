@@ -17,7 +17,7 @@ from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ct
 from persistworld_env.models.denoiser import FrameTokenAttnProcessor
 from persistworld_env.models.image_codec import float_to_uint8
 from persistworld_env.models.objective import edm_loss
-from persistworld_env.models.world_model import WorldModel, pose_gate, relative_decoding
+from persistworld_env.models.world_model import WorldModel, dtype_name, pose_gate, relative_decoding
 from persistworld_env.rollout import RolloutEngine, _History
 
 H, W = 24, 40
@@ -306,6 +306,13 @@ def test_unknown_dtype_is_refused(model, tmp_path):
     d = model.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="unsupported model dtype 'int8'.*bfloat16"):
         WorldModel.from_pretrained(d, dtype="int8")
+
+
+def test_dtype_names_as_recorded_in_result_files():
+    assert dtype_name(None) == "float32" and dtype_name(torch.bfloat16) == "bfloat16"
+    assert dtype_name("torch.float16") == "float16"
+    with pytest.raises(ValueError, match="unsupported model dtype"):
+        dtype_name("int8")
 
 
 def test_corrupt_or_missing_model_directory(model, tmp_path):

@@ -45,7 +45,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         unique_specs, validate_metrics,
     )
     from persistworld_env.evaluation.plots import plot_fidelity_curves
-    from persistworld_env.models.world_model import WorldModel, resolve_dtype
+    from persistworld_env.models.world_model import WorldModel, dtype_name
     from persistworld_env.perceptual import build_lpips
     from persistworld_env.replay import select_replay_episodes
     from training.cli import command_line
@@ -93,7 +93,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         lpips_backbone=metric.backbone if metric is not None else None, seed=seed, data=str(data), split=split,
         sampler=sampler, command=command if command is not None else command_line(), bootstrap=bootstrap)
     validate_metrics(doc)
-    doc["dtype"] = str(resolve_dtype(dtype) or torch.float32).removeprefix("torch.")
+    doc["dtype"] = dtype_name(dtype)
     doc["figures"] = {m: p.name for m, p in plot_fidelity_curves(doc, out_dir).items()}
     doc["videos"] = _write_videos(reader, chosen[:videos], horizon, cameras, kept, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1))

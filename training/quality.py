@@ -26,7 +26,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
 
     from persistworld_env.data.dataset import WorldModelDataset
     from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
-    from persistworld_env.models.world_model import WorldModel
+    from persistworld_env.models.world_model import WorldModel, dtype_name
     from persistworld_env.quality import decoded_reconstruction_psnr, one_step_fidelity
     from persistworld_env.replay import fidelity, load_replay_episode, rollout_replay, select_replay_episodes
     from persistworld_env.rollout import RolloutEngine
@@ -46,7 +46,7 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
     reader = val.reader
     eligible = select_replay_episodes(reader, val.episodes, steps, episodes)
     result: dict = {"model": str(model_dir), "data": str(data_dir), "cameras": list(model.config.cameras),
-                    "dtype": str(model.denoiser.dtype).removeprefix("torch."),
+                    "dtype": dtype_name(model.denoiser.dtype),
                     "vae_psnr": vae, "vae_psnr_as_decoded": vae_as_decoded, "one_step": one_step, "replay": {}}
     if eligible:
         eps = [load_replay_episode(reader, e, steps) for e in eligible]

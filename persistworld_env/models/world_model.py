@@ -327,6 +327,11 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     raise ValueError(f"unsupported model dtype {dtype!r}; choose one of {sorted(DTYPES)} (or the torch dtypes)")
 
 
+def dtype_name(dtype: torch.dtype | str | None) -> str:
+    """The :data:`DTYPES` name of ``dtype`` (None: ``"float32"``), as recorded in result files."""
+    return str(resolve_dtype(dtype) or torch.float32).removeprefix("torch.")
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
