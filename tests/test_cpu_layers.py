@@ -1,19 +1,24 @@
 """CPU layers: the layout-aware group norm (which inputs avoid PyTorch's slow channels-last bfloat16 route; both
-routes compute ``nn.GroupNorm``'s function, checked against a float64 hand computation) and the row-chunked
-feed-forward (same outputs and gradients as diffusers' ``FeedForward``, also inside the denoiser with LoRA)."""
+routes compute ``nn.GroupNorm``'s function, checked against a float64 hand computation), the row-chunked
+feed-forward (same outputs and gradients as diffusers' ``FeedForward``, also inside the denoiser with LoRA), the
+attention routes (against a float64 hand computation; float32 bit-identical to diffusers' processor) and the
+residual blocks without a division by one (bit-identical to diffusers' ``ResnetBlock2D``)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import build_autoencoder
 from persistworld_env.models.cpu_layers import (
-    CPU_FEED_FORWARD_ROWS, LayoutAwareGroupNorm, RowChunkedFeedForward, takes_slow_channels_last_route,
-    use_layout_aware_group_norm, use_row_chunked_feed_forward,
+    CPU_BF16_MATMUL_ATTENTION_MAX_KEYS, CPU_FEED_FORWARD_ROWS, LayoutAwareGroupNorm, PlainAttnProcessor,
+    RowChunkedFeedForward, UnitScaleResnetBlock2D, scaled_dot_product_attention, takes_slow_channels_last_route,
+    use_layout_aware_group_norm, use_row_chunked_feed_forward, use_unit_scale_resnet_blocks,
 )
 from persistworld_env.models.image_codec import LatentCodec
 from persistworld_env.models.lora import PolicyWeights
@@ -177,3 +182,80 @@ def test_denoiser_feed_forwards_are_row_chunked_and_match_with_lora():
             m.max_rows = 16
         chunked = denoiser(*args, poses=poses)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def hand_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v in float64, written out with exponentials."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = torch.einsum("...qd,...kd->...qk", q, k) / np.sqrt(q.shape[-1])
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return torch.einsum("...qk,...kd->...qd", weights / weights.sum(-1, keepdim=True), v)
+
+
+@pytest.mark.parametrize("keys, dtype, grad, atol", [
+    (11, torch.bfloat16, False, 0.03),     # the matrix-product route
+    (CPU_BF16_MATMUL_ATTENTION_MAX_KEYS + 1, torch.bfloat16, False, 0.03),  # PyTorch's fused kernel
+    (11, torch.bfloat16, True, 0.03),      # training: the fused kernel
+    (11, torch.float32, False, 1e-5),
+])
+def test_attention_routes_compute_attention(keys, dtype, grad, atol):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, n, 16, generator=g) for n in (9, keys, keys))
+    with torch.set_grad_enabled(grad):
+        out = scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.shape == (6, 2, 9, 16) and out.dtype == dtype
+    torch.testing.assert_close(out.double(), hand_attention(q.to(dtype), k.to(dtype), v.to(dtype)), rtol=0, atol=atol)
+
+
+def attention_layer(cross_dim: int | None = None) -> tuple[Attention, Attention]:
+    torch.manual_seed(4)
+    plain = Attention(32, cross_attention_dim=cross_dim, heads=2, dim_head=16, processor=AttnProcessor2_0())
+    ours = Attention(32, cross_attention_dim=cross_dim, heads=2, dim_head=16, processor=PlainAttnProcessor())
+    ours.load_state_dict(plain.state_dict())
+    return plain, ours
+
+
+@pytest.mark.parametrize("cross_dim", [None, 24])
+def test_plain_attention_processor_matches_diffusers_bit_for_bit_in_float32(cross_dim):
+    plain, ours = attention_layer(cross_dim)
+    x = torch.randn(3, 10, 32)
+    context = None if cross_dim is None else torch.randn(3, 7, cross_dim)
+    with torch.no_grad():
+        assert torch.equal(ours(x, context), plain(x, context))
+    mask = torch.ones(3, 10 if context is None else 7, dtype=torch.bool)
+    mask[:, -2:] = False  # a mask takes diffusers' own code
+    with torch.no_grad():
+        assert torch.equal(ours(x, context, attention_mask=mask), plain(x, context, attention_mask=mask))
+
+
+# ---------------------------------------------------------------------------------------------- residual blocks
+@pytest.mark.parametrize("in_ch, out_ch, temb_ch, scale", [(16, 16, None, 1.0), (16, 24, 12, 1.0), (16, 24, 12, 2.0)])
+def test_unit_scale_resnet_block_is_diffusers_block_bit_for_bit(in_ch, out_ch, temb_ch, scale):
+    torch.manual_seed(5)
+    plain = ResnetBlock2D(in_channels=in_ch, out_channels=out_ch, temb_channels=temb_ch, groups=8,
+                          output_scale_factor=scale)
+    ours = ResnetBlock2D(in_channels=in_ch, out_channels=out_ch, temb_channels=temb_ch, groups=8,
+                         output_scale_factor=scale)
+    ours.load_state_dict(plain.state_dict())
+    assert use_unit_scale_resnet_blocks(ours) == 1 and isinstance(ours, UnitScaleResnetBlock2D)
+    x = torch.randn(2, in_ch, 6, 10)
+    temb = None if temb_ch is None else torch.randn(2, temb_ch)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = plain(x1, temb), ours(x2, temb)
+    assert torch.equal(y2, y1)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    assert torch.equal(x2.grad, x1.grad)
+    with torch.no_grad():
+        assert torch.equal(ours.to(torch.bfloat16)(x.bfloat16(), None if temb is None else temb.bfloat16()),
+                           plain.to(torch.bfloat16)(x.bfloat16(), None if temb is None else temb.bfloat16()))
+
+
+def test_models_use_the_faster_layers():
+    normalizer = PoseNormalizer(low=np.full(7, -1.0), high=np.full(7, 1.0))
+    model = WorldModel.build("tiny", normalizer, height=24, width=40)
+    blocks = [m for m in model.modules() if isinstance(m, ResnetBlock2D)]
+    assert blocks and all(isinstance(m, UnitScaleResnetBlock2D) for m in blocks)
+    processors = model.denoiser.unet.attn_processors
+    assert sum(isinstance(p, PlainAttnProcessor) for p in processors.values()) == len(processors) // 2

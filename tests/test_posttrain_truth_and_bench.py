@@ -54,3 +54,4 @@ def test_bench_posttrain_reports_the_split_and_the_batching_gain(tmp_path, mixed
     parts = [figures[f"{k}_seconds"] for k in ("prefix", "candidates", "rewards", "update")]
     assert figures["seconds_per_group"] == pytest.approx(sum(parts), abs=0.01)
     assert figures["batched_vs_one_by_one_speedup"] > 0 and figures["candidates"] == 3
+    assert figures["sampling_only_speedup"] > 0

@@ -102,6 +102,12 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
         figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
         figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
+        if b != batch_sizes[0]:  # per rollout, against the first batch size (one rollout by default)
+            first = batch_sizes[0]
+            figures[f"batch{b}_sampling_speedup"] = round(
+                figures[f"batch{first}_sampling_seconds"] / first * b / sampling, 2)
+            figures[f"batch{b}_decoding_speedup"] = round(
+                figures[f"batch{first}_decoding_seconds"] / first * b / max(t - sampling, 1e-9), 2)
     figures.update(_call_size_figures(*engine(call_size_batch), repeats))
     eng, actions = engine(1)
     eng.step(actions)  # step 1 pays one-off allocations
@@ -285,18 +291,22 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
         figures[f"{k}_seconds"] = round(v, 3)
         figures[f"{k}_share"] = round(v / total, 3)
 
-    times: dict[int | None, list[float]] = {None: [], 1: []}  # best of interleaved rounds (robust to a busy CPU)
+    # best of interleaved rounds (robust to a busy CPU); (batch size, decode): None = all K at once
+    times: dict[tuple[int | None, bool], list[float]] = {(b, d): [] for d in (True, False) for b in (None, 1)}
     with policy.old(merged=True), accelerator.autocast(), torch.no_grad():
         rollout_prefix(engine, episode, prefix_steps, seeds[0])
         for _ in range(repeats):
-            for batch_size in times:
+            for batch_size, decode in times:
                 t0 = time.perf_counter()
-                generate_candidates(engine, episode.poses[prefix_steps:], seeds[1:], batch_size, sampler)
-                times[batch_size].append(time.perf_counter() - t0)
-    batched, serial = min(times[None]), min(times[1])
+                generate_candidates(engine, episode.poses[prefix_steps:], seeds[1:], batch_size, sampler, decode)
+                times[batch_size, decode].append(time.perf_counter() - t0)
+    batched, serial = min(times[None, True]), min(times[1, True])
     figures["candidates_batched_seconds"] = round(batched, 3)
     figures["candidates_one_by_one_seconds"] = round(serial, 3)
     figures["batched_vs_one_by_one_speedup"] = round(serial / batched, 2)
+    # The same without decoding the frames: what batching gains on the denoiser alone, the ceiling of the
+    # speedup above when decoding costs the same per image either way (as on a CPU).
+    figures["sampling_only_speedup"] = round(min(times[1, False]) / min(times[None, False]), 2)
     return figures
 
 

@@ -96,9 +96,11 @@ class LatentCodec:
         self.sample_posterior = bool(sample_posterior)
         self.temporal = _is_temporal(autoencoder)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            from persistworld_env.models.cpu_layers import use_layout_aware_group_norm  # imports diffusers
+        from persistworld_env.models.cpu_layers import (use_layout_aware_group_norm,  # imports diffusers
+                                                        use_unit_scale_resnet_blocks)
 
+        use_unit_scale_resnet_blocks(self.autoencoder)  # same function; no division by one
+        if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
             use_layout_aware_group_norm(self.autoencoder)
 

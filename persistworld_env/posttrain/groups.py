@@ -104,14 +104,14 @@ def rollout_prefix(engine: RolloutEngine, episode: ReplayEpisode, steps: int, se
 
 
 def generate_candidates(engine: RolloutEngine, poses: np.ndarray, seeds: Sequence[int],
-                        batch_size: int | None = None, sampler: SamplerConfig | None = None
-                        ) -> tuple[np.ndarray, list[StepInputs]]:
+                        batch_size: int | None = None, sampler: SamplerConfig | None = None, decode: bool = True
+                        ) -> tuple[np.ndarray | None, list[StepInputs]]:
     """S2: branch len(seeds) candidates from ``engine``'s single rollout and step each through ``poses`` (C, 4, 7).
 
     ``batch_size=None`` generates all candidates in one batched call per clip; a number splits them
     into batches of that size (1 = one by one; the same samples, for comparison). ``sampler`` samples the
-    candidates (default: the engine's). Returns the decoded frames (K, C, 4, V, H, W, 3) and, per clip,
-    the :class:`StepInputs` of all K candidates.
+    candidates (default: the engine's). Returns the decoded frames (K, C, 4, V, H, W, 3; None with
+    ``decode=False``, which only samples the latents) and, per clip, the :class:`StepInputs` of all K candidates.
     """
     if engine.batch_size != 1:
         raise ValueError(f"branch from one rollout, the engine holds {engine.batch_size}")
@@ -122,11 +122,12 @@ def generate_candidates(engine: RolloutEngine, poses: np.ndarray, seeds: Sequenc
         chunk = list(seeds[lo:lo + size])
         branch = engine.branch(len(chunk), chunk)
         branch.sampler = sampler or branch.sampler
-        outs = [branch.step(np.repeat(p[None], len(chunk), axis=0)) for p in poses]
-        frames.append(np.stack([o.frames for o in outs], axis=1))
+        outs = [branch.step(np.repeat(p[None], len(chunk), axis=0), decode=decode) for p in poses]
+        if decode:
+            frames.append(np.stack([o.frames for o in outs], axis=1))
         inputs.append([o.inputs for o in outs])
     per_clip = [_cat_inputs([chunk[c] for chunk in inputs]) for c in range(len(poses))]
-    return np.concatenate(frames), per_clip
+    return (np.concatenate(frames) if decode else None), per_clip
 
 
 def _cat_inputs(parts: list[StepInputs]) -> StepInputs:
