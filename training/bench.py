@@ -93,6 +93,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
                      "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "torch_threads": torch.get_num_threads()}
+    seconds: dict[int, tuple[float, float]] = {}  # batch size -> (sampling, decoding) seconds per step
     for b in batch_sizes:
         eng, actions = engine(b)
         eng.step(actions)  # warm-up
@@ -102,12 +103,12 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         figures[f"batch{b}_env_steps_per_s"] = round(b / t, 2)
         figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
         figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
+        seconds[b] = (sampling, t - sampling)
         if b != batch_sizes[0]:  # per rollout, against the first batch size (one rollout by default)
             first = batch_sizes[0]
-            figures[f"batch{b}_sampling_speedup"] = round(
-                figures[f"batch{first}_sampling_seconds"] / first * b / sampling, 2)
-            figures[f"batch{b}_decoding_speedup"] = round(
-                figures[f"batch{first}_decoding_seconds"] / first * b / max(t - sampling, 1e-9), 2)
+            for part, now, then in zip(("sampling", "decoding"), seconds[b], seconds[first]):
+                # decoding = step - sampling, two medians: None where timing noise leaves nothing to compare
+                figures[f"batch{b}_{part}_speedup"] = round(then / first * b / now, 2) if now > 0 and then > 0 else None
     figures.update(_call_size_figures(*engine(call_size_batch), repeats))
     eng, actions = engine(1)
     eng.step(actions)  # step 1 pays one-off allocations
