@@ -94,6 +94,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "torch_threads": torch.get_num_threads()}
     seconds: dict[int, tuple[float, float]] = {}  # batch size -> (sampling, decoding) seconds per step
+    first = batch_sizes[0]  # speedups per rollout are against it (one rollout by default)
     for b in batch_sizes:
         eng, actions = engine(b)
         eng.step(actions)  # warm-up
@@ -104,8 +105,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
         figures[f"batch{b}_sampling_seconds"] = round(sampling, 4)
         figures[f"batch{b}_decoding_seconds"] = round(max(0.0, t - sampling), 4)
         seconds[b] = (sampling, t - sampling)
-        if b != batch_sizes[0]:  # per rollout, against the first batch size (one rollout by default)
-            first = batch_sizes[0]
+        if b != first:
             for part, now, then in zip(("sampling", "decoding"), seconds[b], seconds[first]):
                 # decoding = step - sampling, two medians: None where timing noise leaves nothing to compare
                 figures[f"batch{b}_{part}_speedup"] = round(then / first * b / now, 2) if now > 0 and then > 0 else None
@@ -311,7 +311,8 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     return figures
 
 
-#: ``bench posttrain``: the ``--dtype`` of the benchmark as accelerate's mixed precision (the trained weights stay float32).
+#: ``bench posttrain``: the ``--dtype`` of the benchmark as accelerate's mixed precision (the trained weights
+#: stay float32).
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 

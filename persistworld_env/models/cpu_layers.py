@@ -1,8 +1,9 @@
 """Drop-in subclasses of torch/diffusers layers that compute the same function faster on a CPU.
 
 Each keeps its parent's parameters, state-dict keys and results (up to float rounding), changes only how the
-work is laid out, and is installed by swapping the class of existing layers in place (``use_*`` below), so
-saved weights, LoRA adapters and ``from_pretrained`` are unaffected. Figures: docs/benchmarks.md.
+work is laid out, and is installed by swapping the class of existing layers in place (``use_*`` below; the
+attention processor through diffusers' ``set_attn_processor``), so saved weights, LoRA adapters and
+``from_pretrained`` are unaffected. Figures: docs/benchmarks.md.
 
 **Group norm of channels-last bfloat16 activations.** PyTorch's CPU ``group_norm`` over a channels-last
 bfloat16 tensor is 4-18x slower than over the same tensor in the default layout when the image is small
@@ -143,7 +144,7 @@ class PlainAttnProcessor(AttnProcessor2_0):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            context = attn.norm_encoder_hidden_states(context)
         batch = context.shape[0]
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         head_dim = key.shape[-1] // attn.heads
