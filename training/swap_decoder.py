@@ -16,30 +16,43 @@ import argparse
 import torch
 from torch import nn
 
-from persistworld_env.models.autoencoder import ModelLoadError, load_autoencoder
+from persistworld_env.models.autoencoder import ENCODER_PREFIXES, ModelLoadError, load_autoencoder
 from persistworld_env.models.world_model import WorldModel
-from training.train_autoencoder import ENCODER_PREFIXES
 
 #: Config entries that describe where a diffusers model came from, not what it computes.
 _PROVENANCE_KEYS = ("_name_or_path", "_diffusers_version", "_use_default_values")
+#: Config entries the latent-space check leaves out: provenance, the class (compared by family) and the
+#: decoder's own depth (``AutoencoderKLSplitDepth``).
+_NOT_COMPARED = _PROVENANCE_KEYS + ("_class_name", "decoder_layers_per_block")
+
+
+def _family(autoencoder: nn.Module) -> str:
+    """The class name, with ``AutoencoderKL``'s split-depth variant counted as ``AutoencoderKL`` (same encoder)."""
+    from diffusers import AutoencoderKL
+
+    return "AutoencoderKL" if isinstance(autoencoder, AutoencoderKL) else type(autoencoder).__name__
 
 
 def check_same_latent_space(current: nn.Module, candidate: nn.Module) -> None:
-    """Raise ``ValueError`` naming the first difference if ``candidate`` does not encode exactly like ``current``."""
-    if type(current) is not type(candidate):
+    """Raise ``ValueError`` naming the first difference if ``candidate`` does not encode exactly like ``current``.
+
+    Decoders may differ in depth (``AutoencoderKLSplitDepth``); everything on the encoder side may not.
+    """
+    if _family(current) != _family(candidate):
         raise ValueError(f"autoencoder class {type(candidate).__name__} differs from the model's "
                          f"{type(current).__name__}")
-    ours = {k: v for k, v in dict(current.config).items() if k not in _PROVENANCE_KEYS}
-    theirs = {k: v for k, v in dict(candidate.config).items() if k not in _PROVENANCE_KEYS}
+    ours = {k: v for k, v in dict(current.config).items() if k not in _NOT_COMPARED}
+    theirs = {k: v for k, v in dict(candidate.config).items() if k not in _NOT_COMPARED}
     for key in sorted(set(ours) | set(theirs)):
         if ours.get(key) != theirs.get(key):
             raise ValueError(f"autoencoder config {key!r} differs: {theirs.get(key)!r} instead of the model's "
                              f"{ours.get(key)!r} (a different latent space)")
     a, b = current.state_dict(), candidate.state_dict()
-    if a.keys() != b.keys():
-        raise ValueError("the autoencoders have different parameter names")
-    for key in a:
-        if key.startswith(ENCODER_PREFIXES) and not torch.equal(a[key], b[key]):
+    encoder_a = sorted(k for k in a if k.startswith(ENCODER_PREFIXES))
+    if encoder_a != sorted(k for k in b if k.startswith(ENCODER_PREFIXES)):
+        raise ValueError("the autoencoders' encoders have different parameter names")
+    for key in encoder_a:
+        if not torch.equal(a[key], b[key]):
             raise ValueError(f"encoder weight {key!r} differs: the new autoencoder encodes differently, so the "
                              "world model's denoiser does not fit it (fine-tune with --train decoder)")
 
@@ -49,9 +62,10 @@ def swap_decoder(model_path: str, autoencoder_path: str, command: str = "") -> W
     model = WorldModel.from_pretrained(model_path)
     candidate = load_autoencoder(autoencoder_path)
     check_same_latent_space(model.autoencoder, candidate)
-    swapped = WorldModel(model.config, candidate, model.normalizer, denoiser=model.denoiser)
+    swapped = model.with_autoencoder(candidate)
     new_state = candidate.state_dict()
-    changed = sum(not torch.equal(v, new_state[k]) for k, v in model.autoencoder.state_dict().items())
+    old_state = model.autoencoder.state_dict()
+    changed = sum(k not in old_state or not torch.equal(old_state[k], v) for k, v in new_state.items())
     swapped.model_card = (model.model_card.rstrip() + "\n\n## Decoder replaced (`persistworld swap-decoder`)\n\n"
                           f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor "
                           f"unchanged; {changed} decoder-side tensors differ). Command: `{command or '(from Python)'}`."

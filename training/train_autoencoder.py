@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from persistworld_env.models.autoencoder import build_autoencoder, compute_scaling_factor, load_autoencoder
+from persistworld_env.models.autoencoder import (ENCODER_PREFIXES, build_autoencoder, compute_scaling_factor,
+                                                 load_autoencoder)
 from persistworld_env.models.image_codec import LatentCodec, uint8_to_float
 from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
 from persistworld_env.models.world_model import AUTOENCODER_DIR, EMBEDDED_MODELS, embedded_model_dir
@@ -100,7 +101,6 @@ class AutoencoderTrainConfig:
 
 
 #: Parameter-name prefixes of an ``AutoencoderKL``'s encoder side (they define the latent space).
-ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 TRAIN_PARTS = ("all", "decoder")
 
 
@@ -181,8 +181,10 @@ def initial_autoencoder(config: AutoencoderTrainConfig, height: int) -> nn.Modul
         name = config.init_from
         source = embedded_model_dir(name) if name in EMBEDDED_MODELS else Path(name)
         vae = load_autoencoder(source / AUTOENCODER_DIR if (source / AUTOENCODER_DIR).is_dir() else source)
-    if type(vae).__name__ != "AutoencoderKL":
-        raise ValueError(f"{type(vae).__name__} is not trainable here (only AutoencoderKL)")
+    from diffusers import AutoencoderKL
+
+    if not isinstance(vae, AutoencoderKL):
+        raise ValueError(f"{type(vae).__name__} is not trainable here (only AutoencoderKL and its split-depth variant)")
     return vae
 
 

@@ -21,6 +21,10 @@ off. A decoder that reconstructs real latents better can render those worse (sha
 3. **Validate** on held-out replays (every ``--val-every``-th collected episode): per-camera PSNR of the
    decoded generated frames against the real ones, before and during training.
 
+``--decoder-layers N`` first rebuilds the decoder with ``N + 1`` residual blocks per up block
+(``AutoencoderKLSplitDepth``: same encoder and latent space, the previous decoder's tensors copied where they
+still fit), so a cheaper decoder is trained for the same model (0 on the embedded model: docs/benchmarks.md).
+
 Output ``<out>/model``: the world model with the tuned autoencoder (denoiser, normalisation, sampler and
 success detector unchanged; the model card records the run). Checkpoints are atomic and resume exactly
 (a batch depends only on seed, step and process).
@@ -41,12 +45,11 @@ import numpy as np
 import torch
 
 from persistworld_env.metrics import psnr
-from persistworld_env.models.autoencoder import ModelLoadError
+from persistworld_env.models.autoencoder import ENCODER_PREFIXES, ModelLoadError
 from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, unstack_views
 from persistworld_env.models.world_model import WorldModel, relative_decoding
 from training.checkpoints import (main_process_writer, optimizer_step, resume_checkpoint, save_checkpoint,
                                   save_derived_model, start_run, warmup_cosine)
-from training.train_autoencoder import ENCODER_PREFIXES
 
 PAIRS_FILE = "pairs.npz"
 
@@ -79,6 +82,7 @@ class DecoderTuneConfig:
     resume: bool = False
     stop_after: int | None = None      # stop (with a checkpoint) after this step; --resume continues
     keep_best: bool = False            # end with the decoder of the best validation (mean PSNR), not the last
+    decoder_layers: int | None = None  # rebuild the decoder with this many layers per block (+1 resnets) first
     num_threads: int | None = None
     mixed_precision: str = "no"
     progress: bool = True
@@ -91,6 +95,8 @@ class DecoderTuneConfig:
             raise ValueError(f"real_fraction must be in [0, 1), got {self.real_fraction}")
         if self.episodes < 2 or self.val_every < 2 or self.episodes < self.val_every:
             raise ValueError(f"need episodes >= val_every >= 2 (episodes {self.episodes}, val_every {self.val_every})")
+        if self.decoder_layers is not None and self.decoder_layers < 0:
+            raise ValueError(f"decoder_layers must be >= 0, got {self.decoder_layers}")
         for name in ("horizon", "steps", "batch_size", "replay_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -226,6 +232,10 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     accelerator, resume_from = start_run(out_dir, config.resume, config.mixed_precision, config.seed,
                                          config.num_threads)
     model = WorldModel.from_pretrained(config.model)
+    if config.decoder_layers is not None:  # a decoder of another depth over the same latents (tune from copies)
+        from persistworld_env.models.split_depth_autoencoder import with_decoder_depth
+
+        model = model.with_autoencoder(with_decoder_depth(model.autoencoder, config.decoder_layers))
     pairs_path = out_dir / PAIRS_FILE
     if accelerator.is_main_process and not pairs_path.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,6 +355,10 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
     kept = (f" The decoder kept is that of step {summary['kept_step']}, the best held-out validation (mean PSNR, "
             f"checked every {config.eval_every} steps; chosen on the episodes below, so their figure is optimistic)."
             if config.keep_best else "")
+    depth = ("" if config.decoder_layers is None else
+             f" The decoder was first rebuilt with {config.decoder_layers + 1} residual block(s) per up block "
+             "(`AutoencoderKLSplitDepth`, tensors copied from the previous decoder where they still fit), so the "
+             "first column is that rebuilt decoder before tuning.")
     rows = "\n".join(f"| {cam} | {before[cam]:.2f} | {value:.2f} |" if before else f"| {cam} | | {value:.2f} |"
                      for cam, value in summary["val_psnr"].items())
     return (card.rstrip() + f"""
@@ -354,7 +368,7 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
 The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
 generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
 against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame
-latents, decoded {config.real_decoding}).{kept}
+latents, decoded {config.real_decoding}).{kept}{depth}
 Figures above that involve decoding were measured with the previous decoder.
 
 - command: `{config.command or '(python API)'}`
@@ -390,6 +404,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             ("grad_clip", "max gradient norm, 0 = off")):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                             help=f"{help_text} ({getattr(d, name)})")
+    parser.add_argument("--decoder-layers", type=int, default=None,
+                        help="rebuild the decoder with this many layers per up block (diffusers' layers_per_block: "
+                             "the block holds one more residual block) before tuning, copying the tensors that still "
+                             "fit: 0 = one residual block per up block, a cheaper decoder for the same latents "
+                             "(default: keep the model's decoder)")
     parser.add_argument("--keep-best", action="store_true",
                         help="end with the decoder of the best held-out validation (mean PSNR over cameras, checked "
                              "every --eval-every steps) instead of the last one; the model card says which step")

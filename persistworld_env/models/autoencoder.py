@@ -3,6 +3,9 @@
 * ``tiny``: a diffusers ``AutoencoderKL`` of ~40 K parameters for unit tests (8x downsampling, 4 channels);
 * ``default``: an ``AutoencoderKL`` trained by the project on MiniDROID frames
   (``training/train_autoencoder.py``): 48x80 per camera -> 8 x 6 x 10 latent (18 x 10 stacked for 3 views);
+* ``AutoencoderKLSplitDepth``: an ``AutoencoderKL`` whose decoder has its own depth
+  (``decoder_layers_per_block``), made from a trained autoencoder by :func:`with_decoder_depth` for a cheaper
+  decoder over the same latent space (``persistworld tune-decoder --decoder-layers``);
 * ``ctrl-world``: SVD's temporal VAE (``AutoencoderKLTemporalDecoder``, 192x320 -> 4 x 24 x 40,
   scaling factor 0.18215), random when built, loaded from a local SVD / Ctrl-World folder
   (``<path>/vae`` or ``<path>``) with :func:`load_autoencoder`.
@@ -28,7 +31,10 @@ from persistworld_env.models.image_codec import LatentCodec
 SVD_SCALING_FACTOR = 0.18215
 
 #: Autoencoder classes a directory may hold (diffusers ``_class_name``).
-AUTOENCODER_CLASSES = ("AutoencoderKL", "AutoencoderKLTemporalDecoder")
+AUTOENCODER_CLASSES = ("AutoencoderKL", "AutoencoderKLSplitDepth", "AutoencoderKLTemporalDecoder")
+
+#: Parameter name prefixes of the encoder side (what fixes the latent space).
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -95,6 +101,10 @@ def _autoencoder_class(name: str) -> type[nn.Module]:
 
     if name not in AUTOENCODER_CLASSES:
         raise ValueError(f"unsupported autoencoder class {name!r}; expected one of {AUTOENCODER_CLASSES}")
+    if name == "AutoencoderKLSplitDepth":
+        from persistworld_env.models.split_depth_autoencoder import AutoencoderKLSplitDepth
+
+        return AutoencoderKLSplitDepth
     return getattr(diffusers, name)
 
 

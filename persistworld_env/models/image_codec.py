@@ -66,7 +66,7 @@ def unstack_views(latents: torch.Tensor, num_views: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- codec
-def _is_temporal(autoencoder: nn.Module) -> bool:
+def is_temporal_autoencoder(autoencoder: nn.Module) -> bool:
     """Whether the decoder mixes frames (SVD's ``AutoencoderKLTemporalDecoder``: decode needs num_frames)."""
     return type(autoencoder).__name__ == "AutoencoderKLTemporalDecoder"
 
@@ -94,7 +94,7 @@ class LatentCodec:
         self.autoencoder = autoencoder.eval()
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.sample_posterior = bool(sample_posterior)
-        self.temporal = _is_temporal(autoencoder)
+        self.temporal = is_temporal_autoencoder(autoencoder)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         from persistworld_env.models.cpu_layers import (use_layout_aware_group_norm,  # imports diffusers
                                                         use_unit_scale_resnet_blocks)

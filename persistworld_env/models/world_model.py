@@ -30,7 +30,7 @@ from persistworld_env.models.autoencoder import (ModelLoadError, build_autoencod
                                                   load_safetensors_into, save_safetensors_atomic)
 from persistworld_env.models.clip_sampler import SamplerConfig
 from persistworld_env.models.denoiser import DENOISER_SCALES, DenoiserConfig, WorldModelDenoiser
-from persistworld_env.models.image_codec import LatentCodec, float_to_uint8, uint8_to_float
+from persistworld_env.models.image_codec import LatentCodec, float_to_uint8, is_temporal_autoencoder, uint8_to_float
 
 CONFIG_FILE = "config.json"
 NORMALIZATION_FILE = "normalization.json"
@@ -179,7 +179,7 @@ class WorldModel(nn.Module):
         self.config = config
         self.autoencoder = autoencoder
         # Channels-last convolutions: ~1.2x faster decoding on CPU; not for SVD's temporal (3-D) decoder.
-        self.codec = LatentCodec(autoencoder, channels_last=type(autoencoder).__name__ == "AutoencoderKL")
+        self.codec = LatentCodec(autoencoder, channels_last=not is_temporal_autoencoder(autoencoder))
         if self.codec.latent_channels != config.denoiser.latent_channels:
             raise ValueError(f"autoencoder has {self.codec.latent_channels} latent channels, "
                              f"denoiser expects {config.denoiser.latent_channels}")
@@ -275,6 +275,12 @@ class WorldModel(nn.Module):
         return float_to_uint8(x).cpu().numpy()
 
     # -- save / load ---------------------------------------------------------------------------
+    def with_autoencoder(self, autoencoder: nn.Module) -> "WorldModel":
+        """This model (the same denoiser, config, normalisation and model card) over ``autoencoder``, which must
+        share the latent space (``training.swap_decoder.check_same_latent_space`` checks it)."""
+        return WorldModel(self.config, autoencoder, self.normalizer, denoiser=self.denoiser,
+                          model_card=self.model_card)
+
     def save_pretrained(self, directory: str | os.PathLike, model_card: str | None = None) -> Path:
         """Write the model directory (see module docstring); files are replaced atomically one by one."""
         directory = Path(directory)
