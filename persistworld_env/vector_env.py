@@ -43,7 +43,7 @@ class PersistWorldVectorEnv(VectorEnv):
                  initial_state: str = "sim", task: str | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step",
                  success_detector: Any = None, success_threshold: float | None = None,
-                 success_steps: int | None = None, dtype: Any = None) -> None:
+                 success_steps: int | None = None, dtype: Any = "auto") -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:

@@ -44,13 +44,14 @@ def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, t
 
 
 def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: float | None,
-                dtype: Any = None):
-    """(WorldModel, RolloutEngine) from a model directory, ``"default"`` or a loaded model."""
-    from persistworld_env.models.world_model import WorldModel, resolve_dtype
+                dtype: Any = "auto"):
+    """(WorldModel, RolloutEngine) from a model directory, ``"default"`` or a loaded model (used in its own
+    precision unless ``dtype`` names another)."""
+    from persistworld_env.models.world_model import AUTO_DTYPE, WorldModel, resolve_dtype
     from persistworld_env.rollout import RolloutEngine
 
     if isinstance(model, WorldModel):
-        if dtype is not None and resolve_dtype(dtype) != model.denoiser.dtype:
+        if dtype not in (None, AUTO_DTYPE) and resolve_dtype(dtype) != model.denoiser.dtype:
             raise ValueError(f"dtype={dtype!r} applies when the env loads the model; this loaded model is "
                              f"{model.denoiser.dtype}: convert it with model.to(dtype) first, or pass its directory")
     else:
@@ -126,9 +127,11 @@ class PersistWorldEnv(gym.Env):
     Args:
         model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
         device: torch device of the model.
-        dtype: precision of the model's weights when the env loads it: None (float32), ``"float16"`` or
-            ``"bfloat16"`` (half the memory; faster on GPUs and, bfloat16, on CPUs with bfloat16 units; frames within
-            a few levels of float32).
+        dtype: precision of the model's weights when the env loads it: ``"auto"`` (default: bfloat16 on a
+            CUDA GPU that supports it and on a CPU with AMX tiles, where batched steps run 1.3-1.9x faster at the
+            same replay fidelity; float32 elsewhere; see ``WorldModel.auto_dtype``), ``"float32"`` (or None),
+            ``"float16"`` or ``"bfloat16"`` (frames within a few levels of float32). The choice is in
+            ``env.unwrapped.model.denoiser.dtype``.
         sampling_steps, guidance: override the model's sampling defaults.
         reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between
             the latest frame of every camera and a goal image per camera given at reset as
@@ -167,7 +170,7 @@ class PersistWorldEnv(gym.Env):
                  guidance: float | None = None, reward: RewardFn | None = None, initial_state: str = "sim",
                  task: str | None = None, ground_truth: str | None = None, render_mode: str | None = None,
                  timing_info: bool = False, uncertainty_samples: int = 0, success_detector: Any = None,
-                 success_threshold: float | None = None, success_steps: int | None = None, dtype: Any = None) -> None:
+                 success_threshold: float | None = None, success_steps: int | None = None, dtype: Any = "auto") -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if ground_truth not in (None, "sim"):

@@ -138,7 +138,7 @@ def test_merged_model_directory_loads_with_gym_make_and_predicts_like_the_adapte
     merged = WorldModel(model.config, model.autoencoder, model.normalizer)
     merged.denoiser.load_state_dict(policy.merged_state_dict(), strict=True)
     merged.save_pretrained(tmp_path / "merged")
-    env = gym.make("PersistWorld-DROID-v0", model=str(tmp_path / "merged"), sampling_steps=2)
+    env = gym.make("PersistWorld-DROID-v0", model=str(tmp_path / "merged"), sampling_steps=2, dtype="float32")
     loaded = env.unwrapped.model
     torch.testing.assert_close(_predict(loaded.denoiser, args, kwargs), trained, atol=1e-5, rtol=0)
     env.reset(seed=0)

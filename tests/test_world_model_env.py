@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 import persistworld_env  # noqa: F401
 from persistworld_env.constants import CAMERAS
 from persistworld_env.models.autoencoder import ModelLoadError
-from persistworld_env.models.world_model import WorldModel
+from persistworld_env.models.world_model import WorldModel, auto_dtype, resolve_dtype
 from persistworld_env.sim.generation import generate_dataset
 from persistworld_env.spaces import InvalidActionError
 from persistworld_env.world_model_env import PersistWorldEnv
@@ -128,6 +128,23 @@ def test_half_precision_env_and_dtype_of_a_loaded_model(model_dir):
     loaded = WorldModel.from_pretrained(model_dir)
     with pytest.raises(ValueError, match="convert it with model.to"):
         PersistWorldEnv(model=loaded, dtype="float16")
+
+
+def test_auto_precision_follows_the_hardware_and_leaves_a_loaded_model_as_it_is(model_dir, monkeypatch):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    for amx, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert auto_dtype("cpu") == expected and resolve_dtype("auto") == expected and resolve_dtype("AUTO") == expected
+        env = PersistWorldEnv(model=str(model_dir), sampling_steps=2)  # the default is "auto"
+        assert env.model.denoiser.dtype == expected
+        vec = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=2)
+        assert vec.model.denoiser.dtype == expected
+        assert PersistWorldEnv(model=str(model_dir), sampling_steps=2, dtype="float32").model.denoiser.dtype == \
+            torch.float32
+    assert auto_dtype("meta") == torch.float32
+    loaded = WorldModel.from_pretrained(model_dir, dtype="bfloat16")
+    assert PersistWorldEnv(model=loaded).model is loaded  # "auto" keeps a loaded model's precision
 
 
 def test_vector_env_batches_resets_and_autoresets(model_dir):

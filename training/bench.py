@@ -68,7 +68,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
     if model_path:
         model = WorldModel.from_pretrained(model_path, device=device, dtype=dtype)
     else:
-        model = _random_default_model().to(device=device, dtype=resolve_dtype(dtype))
+        model = _random_default_model().to(device=device, dtype=resolve_dtype(dtype, device))
     weights = model_path or "random weights, default architecture"
     cfg = model.config
     pose = model.normalizer.denormalize(np.zeros(7, np.float32))
@@ -172,11 +172,12 @@ def _bench_model_dir(model_path: str | None, tmp: str) -> str:
 
 
 def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
-              rounds: int = 3, dtype: str | None = None) -> dict:
+              rounds: int = 3, dtype: str | None = "auto") -> dict:
     """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs.
 
     The batched and the sync env of each N are timed in ``rounds`` interleaved rounds of ``steps`` steps and
-    each keeps its best round, so a drift in the machine's speed hits both alike. ``dtype``: the weights' precision.
+    each keeps its best round, so a drift in the machine's speed hits both alike. ``dtype``: the weights' precision
+    (``"auto"``: the env's default, see ``WorldModel.auto_dtype``).
     """
     import gymnasium as gym
     import numpy as np
@@ -196,7 +197,9 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
             env.step(action)
         return n * steps / (time.perf_counter() - t0)
 
-    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype or "float32"}
+    from persistworld_env.models.world_model import dtype_name
+
+    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype_name(dtype)}
     with tempfile.TemporaryDirectory(prefix="pw_bench_env_") as tmp:
         model = _bench_model_dir(model_path, tmp)
         figures["model"] = model_path or "random weights, default architecture"
@@ -317,14 +320,17 @@ MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def run_benchmark(target: str, args: argparse.Namespace) -> dict:
+    from persistworld_env.models.world_model import AUTO_DTYPE, dtype_name
+
     if target == "data":
         figures = bench_data(args.episodes, args.workers, args.data)
     elif target == "sampler":
-        figures = bench_sampler(args.model, device=args.device, dtype=args.dtype)
+        figures = bench_sampler(args.model, device=args.device, dtype=args.dtype or AUTO_DTYPE)
     elif target == "env":
-        figures = bench_env(args.model, dtype=args.dtype)
+        figures = bench_env(args.model, dtype=args.dtype or AUTO_DTYPE)
     elif target == "posttrain":
-        figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[args.dtype or "float32"])
+        precision = dtype_name(args.dtype) if args.dtype else "float32"
+        figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[precision])
     else:
         raise ValueError(f"unknown benchmark {target!r}")
     if not args.json:

@@ -58,14 +58,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 #: ``--dtype`` choices of the commands that run a model (see ``WorldModel.from_pretrained``).
-DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+DTYPE_CHOICES = ("float32", "float16", "bfloat16", "auto")
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the models' weights") -> None:
-    """``--dtype`` (None = float32) for a command that runs world models."""
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                        help=f"precision of {what} (default: float32; bfloat16 is faster on GPUs and on CPUs with "
-                             "bfloat16 units, e.g. lscpu lists amx_bf16 or avx512_bf16; float16 is for GPUs)")
+def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the models' weights",
+                       default: str | None = None) -> None:
+    """``--dtype`` for a command that runs world models (``default`` None = float32)."""
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=default,
+                        help=f"precision of {what} (default: {default or 'float32'}; bfloat16 is faster on GPUs and "
+                             "on CPUs with bfloat16 units, e.g. lscpu lists amx_bf16; float16 is for GPUs; auto = "
+                             "bfloat16 on a CUDA GPU that has it and on a CPU with AMX tiles, else float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["pick", "place", "push"], default=None, help="task family (default: random)")
     p.add_argument("--model", default="default", help="world model directory (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
-    add_dtype_argument(p, "the model's weights")
+    add_dtype_argument(p, "the model's weights (the env's default)", default="auto")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate MiniDROID episodes in the DROID LeRobot layout (resumable)")
@@ -114,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")
     p.add_argument("--device", default="cpu", help="torch device for the sampler benchmark (default: cpu)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                   help="precision: of the model's weights for the sampler and env benchmarks, of accelerate's "
-                        "mixed precision (autocast) for the posttrain benchmark (default: float32)")
+                   help="precision: of the model's weights for the sampler and env benchmarks (default: auto, the "
+                        "env's default: bfloat16 on a CUDA GPU that has it and on a CPU with AMX tiles, else "
+                        "float32), of accelerate's mixed precision (autocast) for the posttrain benchmark (default: "
+                        "float32, as `posttrain`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser

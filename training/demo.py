@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _make_env(model: str | None, device: str, task: str | None, dtype: str | None = None):
+def _make_env(model: str | None, device: str, task: str | None, dtype: str | None = "auto"):
     """(env, has_model): the world-model env with the simulator alongside, or the simulator alone."""
     import gymnasium as gym
 
@@ -33,7 +33,7 @@ def _make_env(model: str | None, device: str, task: str | None, dtype: str | Non
 
 
 def run_demo(out: str | Path = "demo_out", steps: int = 14, seed: int = 0, task: str | None = None,
-             model: str | None = "default", device: str = "cpu", scale: int = 4, dtype: str | None = None) -> dict:
+             model: str | None = "default", device: str = "cpu", scale: int = 4, dtype: str | None = "auto") -> dict:
     """Run the demo and return its summary (also written to ``out/summary.json``)."""
     from rich.console import Console
     from rich.table import Table

@@ -46,6 +46,8 @@ EMBEDDED_MODELS = {"default": "default_model"}
 #: Names a model's weights can be loaded in (``dtype=`` of :meth:`WorldModel.from_pretrained` and the envs).
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+#: ``dtype="auto"``: :func:`auto_dtype` of the device (the envs' default).
+AUTO_DTYPE = "auto"
 
 
 @dataclass
@@ -299,10 +301,10 @@ class WorldModel(nn.Module):
         """Load a model directory, or an embedded model by name (``"default"``).
 
         ``dtype``: the precision of the weights (``"float16"``/``"bfloat16"`` halve their memory and speed up GPUs,
-        bfloat16 also CPUs with bfloat16 units; None keeps float32). Sampling, EDM preconditioning and latents stay
-        float32 either way.
+        bfloat16 also CPUs with bfloat16 units; ``"auto"``: :func:`auto_dtype`; None keeps float32). Sampling, EDM
+        preconditioning and latents stay float32 either way.
         """
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype, device)
         if str(path_or_name) in EMBEDDED_MODELS:
             directory = embedded_model_dir(str(path_or_name))
             if not (directory / CONFIG_FILE).is_file():
@@ -324,13 +326,33 @@ class WorldModel(nn.Module):
         return model.to(device=device, dtype=dtype).eval()
 
 
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A floating-point ``torch.dtype`` from itself or one of the names in :data:`DTYPES` (None stays None)."""
+def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """The precision ``dtype="auto"`` picks: bfloat16 where the device has bfloat16 matrix units (a CUDA GPU that
+    supports it; a CPU with AMX tiles, detected by PyTorch), float32 elsewhere.
+
+    On such a CPU bfloat16 makes batched steps 1.3-1.9x cheaper at the same fidelity (a 96-episode replay
+    evaluation agrees with float32 to 0.001 dB; docs/benchmarks.md); without the units bfloat16 runs slowly.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return torch.bfloat16 if has_amx is not None and has_amx() else torch.float32
+    return torch.float32
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """A floating-point ``torch.dtype`` from itself, one of the names in :data:`DTYPES`, or ``"auto"``
+    (:func:`auto_dtype` of ``device``); None stays None."""
+    if isinstance(dtype, str) and dtype.lower() == AUTO_DTYPE:
+        return auto_dtype(device)
     if dtype is None or (isinstance(dtype, torch.dtype) and dtype in DTYPES.values()):
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"unsupported model dtype {dtype!r}; choose one of {sorted(DTYPES)} (or the torch dtypes)")
+    raise ValueError(f"unsupported model dtype {dtype!r}; choose one of {sorted(DTYPES) + [AUTO_DTYPE]} "
+                     "(or the torch dtypes)")
 
 
 def dtype_name(dtype: torch.dtype | str | None) -> str:
