@@ -189,6 +189,17 @@ class GroupScores:
         return {f"{m}/{c}": float(np.nanmean(v[..., i]))
                 for m, v in self.clip_metrics.items() for i, c in enumerate(cameras) if not np.isnan(v[..., i]).all()}
 
+    def camera_spreads(self, cameras: tuple[str, ...] = CAMERAS) -> dict[str, float]:
+        """``"metric/camera"`` -> standard deviation over the candidates of their clip-mean metric: how far apart
+        the group's candidates are on that camera, the raw signal that group normalisation rescales to 1."""
+        out = {}
+        for m, v in self.clip_metrics.items():
+            per_candidate = _mean_over_clips(v)  # (K, V)
+            for i, c in enumerate(cameras):
+                if not np.isnan(per_candidate[:, i]).all():
+                    out[f"{m}/{c}"] = float(np.nanstd(per_candidate[:, i]))
+        return out
+
 
 def _mean_over_clips(values: np.ndarray) -> np.ndarray:
     """(K, C, V) -> (K, V): mean over the defined (non-NaN) clips; NaN where none is defined."""

@@ -71,6 +71,11 @@ def test_closer_candidates_earn_higher_rewards_with_all_three_metrics():
     assert scores.clip_metrics["lpips"].shape == (K, C, V)
     means = scores.camera_means()
     assert set(means) == {f"{m}/{c}" for m in ("psnr", "ssim", "lpips") for c in CAMERAS}
+    spreads = scores.camera_spreads()  # population std over the candidates of each one's mean over clips
+    assert set(spreads) == set(means)
+    psnr_wrist = scores.clip_metrics["psnr"][:, :, 2].mean(axis=1)
+    by_hand = np.sqrt(((psnr_wrist - psnr_wrist.sum() / K) ** 2).sum() / K)
+    assert spreads["psnr/wrist_left"] == pytest.approx(by_hand, rel=1e-12) and by_hand > 1.0
 
 
 def test_camera_weights_select_what_is_rewarded():

@@ -32,9 +32,9 @@ naming where to put them); ``random`` opts into a random backbone (not a percept
 Run hygiene as in pretraining: accelerate (``accelerate launch`` / ``torchrun`` shard groups over
 processes and synchronise gradients; one process writes), atomic checkpoints every
 ``--checkpoint-every`` steps with exact ``--resume`` (adapters and old adapter, action-encoder shadows,
-optimizer, RNG, step), TensorBoard in ``<out>/logs`` (reward per metric and camera, r histogram, loss
-terms, grad norm, timings), replay videos of a validation episode in ``<out>/samples``, a NaN/inf guard
-that skips and counts bad steps. The result is a standalone model directory ``<out>/model`` (adapters
+optimizer, RNG, step), TensorBoard in ``<out>/logs`` (reward per metric and camera and its spread over
+the candidates, r histogram, loss terms, grad norm, timings), replay videos of a validation episode in
+``<out>/samples``, a NaN/inf guard that skips and counts bad steps. The result is a standalone model directory ``<out>/model`` (adapters
 merged; with ``--average-decay`` the running average of the trained weights) that
 ``gym.make("PersistWorld-DROID-v0", model=...)`` loads.
 
@@ -394,6 +394,8 @@ def posttrain(config: PosttrainConfig) -> dict:
             for k, v in figures.items():
                 writer.add_scalar(f"reward/{k}", v, step)
             writer.add_scalar("reward/combined_std", float(samples.rewards.std()), step)
+            for k, v in samples.scores.camera_spreads(model.config.cameras).items():
+                writer.add_scalar(f"reward_spread/{k}", v, step)
             writer.add_histogram("train/r", r, step)
             for k, v in zip(("loss", "positive", "negative", "reference_l2"), means.tolist()):
                 writer.add_scalar(f"train/{k}", v, step)
