@@ -34,9 +34,9 @@ processes and synchronise gradients; one process writes), atomic checkpoints eve
 ``--checkpoint-every`` steps with exact ``--resume`` (adapters and old adapter, action-encoder shadows,
 optimizer, RNG, step), TensorBoard in ``<out>/logs`` (reward per metric and camera and its spread over
 the candidates, r histogram, loss terms, grad norm, timings), replay videos of a validation episode in
-``<out>/samples``, a NaN/inf guard that skips and counts bad steps. The result is a standalone model directory ``<out>/model`` (adapters
-merged; with ``--average-decay`` the running average of the trained weights) that
-``gym.make("PersistWorld-DROID-v0", model=...)`` loads.
+``<out>/samples``, a NaN/inf guard that skips and counts bad steps. The result is a standalone model
+directory ``<out>/model`` (adapters merged; with ``--average-decay`` the running average of the trained
+weights) that ``gym.make("PersistWorld-DROID-v0", model=...)`` loads.
 
 Defaults suit the embedded default model on MiniDROID (episodes of ~7 steps at the median): K = 16,
 L_max = 6, C_max = 2, beta = 1, A_max = 5, reference L2 1e-4, LoRA rank 8, lr 1e-4.

@@ -43,10 +43,10 @@ class AutoencoderKLSplitDepth(AutoencoderKL):
         if decoder_layers_per_block is not None and decoder_layers_per_block != layers_per_block:
             if decoder_layers_per_block < 0:
                 raise ValueError(f"decoder_layers_per_block must be >= 0, got {decoder_layers_per_block}")
-            self.decoder = Decoder(in_channels=latent_channels, out_channels=out_channels, up_block_types=up_block_types,
-                                   block_out_channels=block_out_channels, layers_per_block=decoder_layers_per_block,
-                                   norm_num_groups=norm_num_groups, act_fn=act_fn,
-                                   mid_block_add_attention=mid_block_add_attention)
+            self.decoder = Decoder(in_channels=latent_channels, out_channels=out_channels,
+                                   up_block_types=up_block_types, block_out_channels=block_out_channels,
+                                   layers_per_block=decoder_layers_per_block, norm_num_groups=norm_num_groups,
+                                   act_fn=act_fn, mid_block_add_attention=mid_block_add_attention)
 
 
 def with_decoder_depth(autoencoder: nn.Module, decoder_layers_per_block: int) -> AutoencoderKLSplitDepth:
