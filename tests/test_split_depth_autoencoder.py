@@ -13,6 +13,7 @@ from persistworld_env.models.world_model import WorldModel
 from persistworld_env.sim.env import default_pose_normalizer
 from training.cli import main as cli_main
 from training.swap_decoder import check_same_latent_space
+from training.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
 from training.tune_decoder import DecoderTuneConfig, tune_decoder
 
 H, W = 24, 40
@@ -124,3 +125,20 @@ def test_tune_decoder_rebuilds_the_decoder_shallower_and_trains_it(sim_dataset, 
     a, b = base.autoencoder.state_dict(), tuned.autoencoder.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(ENCODER_PREFIXES))
     assert "rebuilt with 1 residual block(s) per up block" in (tmp_path / "run" / "model" / "README.md").read_text()
+
+
+def test_train_vae_builds_a_shallower_decoder_from_scratch_or_from_a_model(sim_dataset, tmp_path):
+    common = dict(data_dir=str(sim_dataset), scale="tiny", steps=4, batch_size=2, lr=3e-3, warmup_steps=1,
+                  val_episodes=(1,), val_frames=4, grid_frames=2, scaling_frames=8, eval_every=1000,
+                  checkpoint_every=1000, log_every=2, progress=False, decoder_layers=0)
+    train_autoencoder(AutoencoderTrainConfig(out_dir=str(tmp_path / "scratch"), **common))
+    scratch = load_autoencoder(tmp_path / "scratch")
+    assert type(scratch) is AutoencoderKLSplitDepth and _resnets_per_up_block(scratch) == [1] * 4
+    torch.manual_seed(0)
+    base = WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W)
+    base_dir = str(base.save_pretrained(tmp_path / "base"))
+    train_autoencoder(AutoencoderTrainConfig(out_dir=str(tmp_path / "dec"), init_from=base_dir, train_part="decoder",
+                                             **common))
+    tuned = load_autoencoder(tmp_path / "dec")
+    assert _resnets_per_up_block(tuned) == [1] * 4
+    check_same_latent_space(base.autoencoder, tuned)  # the encoder was frozen: swap-decoder accepts it

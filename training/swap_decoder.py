@@ -41,8 +41,10 @@ def check_same_latent_space(current: nn.Module, candidate: nn.Module) -> None:
     if _family(current) != _family(candidate):
         raise ValueError(f"autoencoder class {type(candidate).__name__} differs from the model's "
                          f"{type(current).__name__}")
-    ours = {k: v for k, v in dict(current.config).items() if k not in _NOT_COMPARED}
-    theirs = {k: v for k, v in dict(candidate.config).items() if k not in _NOT_COMPARED}
+    def comparable(config) -> dict:  # a saved config holds lists where a built one holds tuples
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if k not in _NOT_COMPARED}
+
+    ours, theirs = comparable(current.config), comparable(candidate.config)
     for key in sorted(set(ours) | set(theirs)):
         if ours.get(key) != theirs.get(key):
             raise ValueError(f"autoencoder config {key!r} differs: {theirs.get(key)!r} instead of the model's "

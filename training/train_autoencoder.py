@@ -58,6 +58,7 @@ class AutoencoderTrainConfig:
     train_part: str = "all"                      # "all", or "decoder" (encoder frozen: same latent space)
     latent_channels: int | None = None           # override of the scale's latent channels
     block_out_channels: tuple[int, ...] | None = None  # override of the scale's channels
+    decoder_layers: int | None = None            # decoder layers per up block (+1 resnets), if not the encoder's
     steps: int = 6000
     batch_size: int = 16                         # time steps per batch, each with every camera
     crop: tuple[int, int] | None = None          # train on random (h, w) crops, offsets on the latent grid
@@ -100,7 +101,7 @@ class AutoencoderTrainConfig:
         return out
 
 
-#: Parameter-name prefixes of an ``AutoencoderKL``'s encoder side (they define the latent space).
+#: What a run trains: everything, or the decoder side only (``ENCODER_PREFIXES`` frozen: same latent space).
 TRAIN_PARTS = ("all", "decoder")
 
 
@@ -168,7 +169,9 @@ def random_crops(images: np.ndarray, crop: tuple[int, int] | None, grid: int,
 
 
 def initial_autoencoder(config: AutoencoderTrainConfig, height: int) -> nn.Module:
-    """The autoencoder a run starts from: ``config.init_from``'s weights, or a new one of ``config.scale``."""
+    """The autoencoder a run starts from: ``config.init_from``'s weights, or a new one of ``config.scale``; with
+    ``config.decoder_layers``, its decoder rebuilt at that depth (``with_decoder_depth``: encoder kept, decoder
+    tensors copied where they fit)."""
     if config.train_part not in TRAIN_PARTS:
         raise ValueError(f"train_part must be one of {TRAIN_PARTS}, got {config.train_part!r}")
     if config.init_from is None:
@@ -185,6 +188,10 @@ def initial_autoencoder(config: AutoencoderTrainConfig, height: int) -> nn.Modul
 
     if not isinstance(vae, AutoencoderKL):
         raise ValueError(f"{type(vae).__name__} is not trainable here (only AutoencoderKL and its split-depth variant)")
+    if config.decoder_layers is not None:
+        from persistworld_env.models.split_depth_autoencoder import with_decoder_depth
+
+        vae = with_decoder_depth(vae, config.decoder_layers)
     return vae
 
 
@@ -220,7 +227,8 @@ def _model_card(config: AutoencoderTrainConfig, model_config: dict, summary: dic
     psnr = "\n".join(f"| {cam} | {value:.2f} |" for cam, value in summary["val_psnr"].items())
     return f"""# PersistWorld autoencoder (`{config.scale}` scale)
 
-A diffusers `AutoencoderKL` trained by `training/train_autoencoder.py` on single multi-view frames
+A diffusers `AutoencoderKL` (`AutoencoderKLSplitDepth` when `decoder_layers` is set below) trained by
+`training/train_autoencoder.py` on single multi-view frames
 (each camera encoded separately). Load with `persistworld_env.models.autoencoder.load_autoencoder(dir)`.
 
 - data: `{config.data_dir}` ({summary['train_episodes']} training episodes, {summary['val_episodes']} validation
@@ -379,6 +387,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "needs --init-from) (all)")
     parser.add_argument("--latent-channels", type=int, default=None, help="override the scale's latent channels")
     parser.add_argument("--block-out-channels", type=int, nargs="+", default=None, help="override its channels")
+    parser.add_argument("--decoder-layers", type=int, default=None,
+                        help="decoder layers per up block (diffusers' layers_per_block; the block holds one more "
+                             "residual block), for a decoder lighter or deeper than the encoder; with --init-from "
+                             "the matching decoder tensors are copied (default: as the encoder)")
     parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps ({d.steps})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"frames per batch, all cameras ({d.batch_size})")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -412,7 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, command: str | None = None) -> AutoencoderTrainConfig:
     return AutoencoderTrainConfig(
         data_dir=args.data, out_dir=args.out, scale=args.scale, init_from=args.init_from, train_part=args.train_part,
-        latent_channels=args.latent_channels,
+        latent_channels=args.latent_channels, decoder_layers=args.decoder_layers,
         block_out_channels=tuple(args.block_out_channels) if args.block_out_channels else None,
         steps=args.steps, batch_size=args.batch_size, crop=tuple(args.crop) if args.crop else None, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
