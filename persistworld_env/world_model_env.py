@@ -51,7 +51,7 @@ def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: f
     from persistworld_env.rollout import RolloutEngine
 
     if isinstance(model, WorldModel):
-        if dtype not in (None, AUTO_DTYPE) and resolve_dtype(dtype) != model.denoiser.dtype:
+        if not (dtype is None or str(dtype).lower() == AUTO_DTYPE) and resolve_dtype(dtype) != model.denoiser.dtype:
             raise ValueError(f"dtype={dtype!r} applies when the env loads the model; this loaded model is "
                              f"{model.denoiser.dtype}: convert it with model.to(dtype) first, or pass its directory")
     else:
@@ -129,7 +129,7 @@ class PersistWorldEnv(gym.Env):
         device: torch device of the model.
         dtype: precision of the model's weights when the env loads it: ``"auto"`` (default: bfloat16 on a
             CUDA GPU that supports it and on a CPU with AMX tiles, where batched steps run 1.3-1.9x faster at the
-            same replay fidelity; float32 elsewhere; see ``WorldModel.auto_dtype``), ``"float32"`` (or None),
+            same replay fidelity; float32 elsewhere; see ``persistworld_env.models.world_model.auto_dtype``), ``"float32"`` (or None),
             ``"float16"`` or ``"bfloat16"`` (frames within a few levels of float32). The choice is in
             ``env.unwrapped.model.denoiser.dtype``.
         sampling_steps, guidance: override the model's sampling defaults.

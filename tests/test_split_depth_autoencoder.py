@@ -2,9 +2,12 @@
 autoencoder, saved and loaded, accepted by ``swap-decoder`` and trained by ``tune-decoder --decoder-layers``."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from persistworld_env.constants import EXTERIOR_CAMERAS
 from persistworld_env.models.autoencoder import ENCODER_PREFIXES, build_autoencoder, load_autoencoder
@@ -14,6 +17,7 @@ from persistworld_env.sim.env import default_pose_normalizer
 from training.cli import main as cli_main
 from training.swap_decoder import check_same_latent_space
 from training.train_autoencoder import AutoencoderTrainConfig, train_autoencoder
+from training.checkpoints import ResumeError
 from training.tune_decoder import DecoderTuneConfig, tune_decoder
 
 H, W = 24, 40
@@ -142,3 +146,26 @@ def test_train_vae_builds_a_shallower_decoder_from_scratch_or_from_a_model(sim_d
     tuned = load_autoencoder(tmp_path / "dec")
     assert _resnets_per_up_block(tuned) == [1] * 4
     check_same_latent_space(base.autoencoder, tuned)  # the encoder was frozen: swap-decoder accepts it
+
+
+def test_the_subclass_takes_every_argument_of_autoencoder_kl_with_its_default():
+    """A setting diffusers adds to AutoencoderKL must reach AutoencoderKLSplitDepth too (else loading drops it)."""
+    ours = inspect.signature(AutoencoderKLSplitDepth.__init__).parameters
+    theirs = inspect.signature(AutoencoderKL.__init__).parameters
+    missing = [name for name in theirs if name not in ours]
+    assert not missing, f"AutoencoderKLSplitDepth lacks AutoencoderKL's {missing}"
+    assert all(ours[name].default == theirs[name].default for name in theirs if name != "self")
+    assert set(ours) - set(theirs) == {"decoder_layers_per_block"}
+
+
+def test_resuming_with_another_decoder_depth_is_refused_by_name(sim_dataset, tmp_path):
+    torch.manual_seed(0)
+    base = WorldModel.build("tiny", default_pose_normalizer(), height=H, width=W)
+    base_dir = base.save_pretrained(tmp_path / "base")
+    common = dict(model=str(base_dir), data_dir=str(sim_dataset), out_dir=str(tmp_path / "run"), episodes=2, horizon=2,
+                  val_every=2, replay_batch=2, steps=8, batch_size=2, warmup_steps=1, eval_every=4,
+                  checkpoint_every=4, progress=False)
+    assert not tune_decoder(DecoderTuneConfig(decoder_layers=0, stop_after=4, **common))["finished"]
+    with pytest.raises(ResumeError, match="decoder_layers = 0, this run asks for None"):
+        tune_decoder(DecoderTuneConfig(resume=True, **common))
+    assert tune_decoder(DecoderTuneConfig(decoder_layers=0, resume=True, **common))["finished"]

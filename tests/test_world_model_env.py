@@ -145,6 +145,12 @@ def test_auto_precision_follows_the_hardware_and_leaves_a_loaded_model_as_it_is(
     assert auto_dtype("meta") == torch.float32
     loaded = WorldModel.from_pretrained(model_dir, dtype="bfloat16")
     assert PersistWorldEnv(model=loaded).model is loaded  # "auto" keeps a loaded model's precision
+    assert PersistWorldEnv(model=loaded, dtype="AUTO").model is loaded
+    # CUDA: bfloat16 tensor cores from compute capability 8; older cards only emulate bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((7, 5), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert auto_dtype("cuda") == expected and auto_dtype("cuda:1") == expected
 
 
 def test_vector_env_batches_resets_and_autoresets(model_dir):

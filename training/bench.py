@@ -177,7 +177,7 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
 
     The batched and the sync env of each N are timed in ``rounds`` interleaved rounds of ``steps`` steps and
     each keeps its best round, so a drift in the machine's speed hits both alike. ``dtype``: the weights' precision
-    (``"auto"``: the env's default, see ``WorldModel.auto_dtype``).
+    (``"auto"``: the env's default, see ``persistworld_env.models.world_model.auto_dtype``).
     """
     import gymnasium as gym
     import numpy as np

@@ -59,10 +59,21 @@ class ResumeError(RuntimeError):
     """A checkpoint that cannot be resumed by this run (another model or settings, or damaged files)."""
 
 
-def resume_checkpoint(accelerator, checkpoint: Path) -> dict[str, Any]:
+def resume_checkpoint(accelerator, checkpoint: Path, expected: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load an accelerate state saved by :func:`save_checkpoint`; returns its trainer state (with ``step``).
 
-    Raises :class:`ResumeError` naming the checkpoint when its state does not fit this run or is damaged."""
+    ``expected``: settings (config field -> value) that change the model's shape; checked against the config the
+    checkpoint recorded before anything loads, so a mismatch is named. Raises :class:`ResumeError` naming the
+    checkpoint when its state does not fit this run or is damaged."""
+    if expected:
+        try:
+            recorded = json.loads((checkpoint / TRAINER_STATE).read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            recorded = {}  # damaged: load_state below names it
+        for key, value in expected.items():
+            if key in recorded and recorded[key] != value:
+                raise ResumeError(f"cannot resume from {checkpoint}: it was written with {key} = {recorded[key]!r}, "
+                                  f"this run asks for {value!r}. Resume with the same setting, or start a new --out.")
     try:
         accelerator.load_state(str(checkpoint))
         return json.loads((checkpoint / TRAINER_STATE).read_text())

@@ -45,7 +45,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         unique_specs, validate_metrics,
     )
     from persistworld_env.evaluation.plots import plot_fidelity_curves
-    from persistworld_env.models.world_model import WorldModel, dtype_name
+    from persistworld_env.models.world_model import WorldModel, dtype_name, resolve_dtype
     from persistworld_env.perceptual import build_lpips
     from persistworld_env.replay import select_replay_episodes
     from training.cli import command_line
@@ -59,6 +59,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
     runs, chosen, reader, cameras, kept = {}, None, None, None, {}
+    precision = dtype_name(resolve_dtype(dtype, device))  # what "auto" means on this device, as recorded
     for spec in specs:
         model = WorldModel.from_pretrained(spec.path, device=device, dtype=dtype)
         if chosen is None:
@@ -75,7 +76,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         key = {"model": model_fingerprint(model), "data": str(Path(data).resolve()),
                "episodes": [int(e) for e in chosen], "horizon": horizon, "seed": seed, "batch_size": batch_size,
                "sampler": sampler, "lpips": metric.backbone if metric is not None else None,
-               "videos": [int(e) for e in chosen[:videos]], **({"dtype": dtype} if dtype else {})}
+               "videos": [int(e) for e in chosen[:videos]], **({"dtype": precision} if dtype else {})}
         stored = out_dir / "runs" / f"{spec.name}.npz"
         run = load_replay_run(stored, key)
         if run is not None:
@@ -93,7 +94,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         lpips_backbone=metric.backbone if metric is not None else None, seed=seed, data=str(data), split=split,
         sampler=sampler, command=command if command is not None else command_line(), bootstrap=bootstrap)
     validate_metrics(doc)
-    doc["dtype"] = dtype_name(dtype)
+    doc["dtype"] = precision
     doc["figures"] = {m: p.name for m, p in plot_fidelity_curves(doc, out_dir).items()}
     doc["videos"] = _write_videos(reader, chosen[:videos], horizon, cameras, kept, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1))

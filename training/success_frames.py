@@ -35,7 +35,9 @@ def run_collection(model: str, out: str, data: str | None, episodes: int, seed: 
     zoo = build_zoo(out_dir, data, bc_budgets, bc_policies, bc_episodes, experts, include_random, max_steps, seed,
                     progress)
     seeds = [seed + i for i in range(episodes)]
-    venv = PersistWorldVectorEnv(num_envs=num_envs, model=model, device=device, max_episode_steps=max_steps + 1)
+    # float32 like policy-eval and evaluate (not the envs' "auto"), so the detector sees the frames it is judged on
+    venv = PersistWorldVectorEnv(num_envs=num_envs, model=model, device=device, max_episode_steps=max_steps + 1,
+                                 dtype="float32")
     try:
         parts = [collect_success_frames(venv, spec, seeds, max_steps, progress=progress) for spec in zoo]
     finally:
@@ -43,7 +45,7 @@ def run_collection(model: str, out: str, data: str | None, episodes: int, seed: 
     frames = SuccessFrames.concatenate(parts)
     path = frames.save(out_dir / FRAMES_FILE)
     summary = {"model": model, "file": str(path), "rows": len(frames), "success_rows": int(frames.labels.sum()),
-               "seeds": [seeds[0], seeds[-1]], "max_steps": max_steps,
+               "seeds": [seeds[0], seeds[-1]], "max_steps": max_steps, "dtype": "float32",
                "per_policy": {p.policies[0]: {"rows": len(p), "success_rows": int(p.labels.sum()),
                                               "episodes_with_success": int(len(set(p.seeds[p.labels])))}
                               for p in parts}}

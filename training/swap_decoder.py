@@ -67,7 +67,8 @@ def swap_decoder(model_path: str, autoencoder_path: str, command: str = "") -> W
     swapped = model.with_autoencoder(candidate)
     new_state = candidate.state_dict()
     old_state = model.autoencoder.state_dict()
-    changed = sum(k not in old_state or not torch.equal(old_state[k], v) for k, v in new_state.items())
+    changed = len(old_state.keys() ^ new_state.keys()) + sum(  # in one decoder only, or different
+        not torch.equal(old_state[k], new_state[k]) for k in old_state.keys() & new_state.keys())
     swapped.model_card = (model.model_card.rstrip() + "\n\n## Decoder replaced (`persistworld swap-decoder`)\n\n"
                           f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor "
                           f"unchanged; {changed} decoder-side tensors differ). Command: `{command or '(from Python)'}`."

@@ -282,7 +282,7 @@ def train_autoencoder(config: AutoencoderTrainConfig) -> dict:
 
     step = 0
     if resume_from is not None:
-        step = int(resume_checkpoint(accelerator, resume_from)["step"])
+        step = int(resume_checkpoint(accelerator, resume_from, {"decoder_layers": config.decoder_layers})["step"])
         accelerator.print(f"resumed from {resume_from} at step {step}")
 
     writer = None

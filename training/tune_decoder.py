@@ -48,8 +48,8 @@ from persistworld_env.metrics import psnr
 from persistworld_env.models.autoencoder import ENCODER_PREFIXES, ModelLoadError
 from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, unstack_views
 from persistworld_env.models.world_model import WorldModel, relative_decoding
-from training.checkpoints import (main_process_writer, optimizer_step, resume_checkpoint, save_checkpoint,
-                                  save_derived_model, start_run, warmup_cosine)
+from training.checkpoints import (ResumeError, main_process_writer, optimizer_step, resume_checkpoint,
+                                  save_checkpoint, save_derived_model, start_run, warmup_cosine)
 
 PAIRS_FILE = "pairs.npz"
 
@@ -291,7 +291,7 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
 
     step = 0
     if resume_from is not None:
-        step = int(resume_checkpoint(accelerator, resume_from)["step"])
+        step = int(resume_checkpoint(accelerator, resume_from, {"decoder_layers": config.decoder_layers})["step"])
     writer = main_process_writer(accelerator, out_dir)
     before = validation_psnr() if step == 0 else None
     if before is not None and writer is not None:
@@ -426,7 +426,7 @@ def main(args: argparse.Namespace) -> int:
                                   "progress": not args.no_progress, "command": command})
     try:
         summary = tune_decoder(config)
-    except (ValueError, ModelLoadError) as e:
+    except (ValueError, ModelLoadError, ResumeError) as e:
         raise SystemExit(f"persistworld tune-decoder: {e}") from None
     print(json.dumps({k: summary[k] for k in ("steps", "val_psnr_before", "val_psnr")}, indent=2))
     return 0

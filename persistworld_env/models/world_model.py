@@ -334,8 +334,9 @@ def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     evaluation agrees with float32 to 0.001 dB; docs/benchmarks.md); without the units bfloat16 runs slowly.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cuda":  # bfloat16 tensor cores from compute capability 8 (Ampere); older cards emulate it
+        return (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+                else torch.float32)
     if device.type == "cpu":
         has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         return torch.bfloat16 if has_amx is not None and has_amx() else torch.float32
