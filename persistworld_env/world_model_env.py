@@ -128,9 +128,10 @@ class PersistWorldEnv(gym.Env):
         model: model directory, ``"default"`` (the embedded model) or a loaded ``WorldModel``.
         device: torch device of the model.
         dtype: precision of the model's weights when the env loads it: ``"auto"`` (default: bfloat16 on a
-            CUDA GPU that supports it and on a CPU with AMX tiles, where batched steps run 1.3-1.9x faster at the
-            same replay fidelity; float32 elsewhere; see ``persistworld_env.models.world_model.auto_dtype``), ``"float32"`` (or None),
-            ``"float16"`` or ``"bfloat16"`` (frames within a few levels of float32). The choice is in
+            CUDA GPU of compute capability 8 or newer and on a CPU with AMX tiles, where batched steps run
+            1.3-1.9x faster at the same replay fidelity; float32 elsewhere; see
+            ``persistworld_env.models.world_model.auto_dtype``), ``"float32"`` (or None), ``"float16"`` or
+            ``"bfloat16"`` (frames within a few levels of float32). The choice is in
             ``env.unwrapped.model.denoiser.dtype``.
         sampling_steps, guidance: override the model's sampling defaults.
         reward: None (always 0), ``"goal"`` (minus the mean absolute pixel difference, in [0, 1], between

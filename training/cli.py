@@ -67,7 +67,8 @@ def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the models'
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=default,
                         help=f"precision of {what} (default: {default or 'float32'}; bfloat16 is faster on GPUs and "
                              "on CPUs with bfloat16 units, e.g. lscpu lists amx_bf16; float16 is for GPUs; auto = "
-                             "bfloat16 on a CUDA GPU that has it and on a CPU with AMX tiles, else float32)")
+                             "bfloat16 on a CUDA GPU of compute capability >= 8 and on a CPU with AMX tiles, else "
+                             "float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the sampler benchmark (default: cpu)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="precision: of the model's weights for the sampler and env benchmarks (default: auto, the "
-                        "env's default: bfloat16 on a CUDA GPU that has it and on a CPU with AMX tiles, else "
-                        "float32), of accelerate's mixed precision (autocast) for the posttrain benchmark (default: "
-                        "float32, as `posttrain`)")
+                        "env's default: bfloat16 on a CUDA GPU of compute capability >= 8 and on a CPU with AMX "
+                        "tiles, else float32), of accelerate's mixed precision (autocast) for the posttrain "
+                        "benchmark (default: float32, as `posttrain`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -327,8 +327,8 @@ class WorldModel(nn.Module):
 
 
 def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    """The precision ``dtype="auto"`` picks: bfloat16 where the device has bfloat16 matrix units (a CUDA GPU that
-    supports it; a CPU with AMX tiles, detected by PyTorch), float32 elsewhere.
+    """The precision ``dtype="auto"`` picks: bfloat16 where the device has bfloat16 matrix units (a CUDA GPU of
+    compute capability 8 or newer; a CPU with AMX tiles, detected by PyTorch), float32 elsewhere.
 
     On such a CPU bfloat16 makes batched steps 1.3-1.9x cheaper at the same fidelity (a 96-episode replay
     evaluation agrees with float32 to 0.001 dB; docs/benchmarks.md); without the units bfloat16 runs slowly.
