@@ -43,11 +43,19 @@ def ssim(pred, target) -> np.ndarray:
     if p.shape != t.shape:
         raise ValueError(f"shape mismatch {tuple(p.shape)} vs {tuple(t.shape)}")
     lead, (h, w) = p.shape[:-3], p.shape[-3:-1]
+    x = p.reshape(-1, h, w, 3).permute(0, 3, 1, 2)
+    y = t.reshape(-1, h, w, 3).permute(0, 3, 1, 2)
+    return ssim_torch(x, y).mean(1).reshape(lead).numpy()
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM per image and channel, ``(N, C)``, of float images ``(N, C, H, W)`` with data range 1; differentiable
+    (a training loss: ``1 - ssim_torch(x, y).mean()``). :func:`ssim` is its mean over the channels of uint8 frames."""
+    n, c, h, w = x.shape
     if min(h, w) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11, got {h}x{w}")
-    x = p.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
-    y = t.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
-    g = _gaussian_window()
+    x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
+    g = _gaussian_window().to(x.dtype)
 
     def blur(z):
         return F.conv2d(F.conv2d(z, g.reshape(1, 1, 1, -1)), g.reshape(1, 1, -1, 1))
@@ -55,8 +63,7 @@ def ssim(pred, target) -> np.ndarray:
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + _C1) * (2 * cxy + _C2)) / ((mx**2 + my**2 + _C1) * (vx + vy + _C2))
-    per_channel = s.flatten(1).mean(1).reshape(-1, 3)
-    return per_channel.mean(1).reshape(lead).numpy()
+    return s.flatten(1).mean(1).reshape(n, c)
 
 
 def moving_region(frames, previous, threshold: float = 12.0, dilation: int = 2) -> np.ndarray:

@@ -13,7 +13,7 @@ from persistworld_env.replay import load_replay_episode
 from persistworld_env.sim.env import default_pose_normalizer
 from training.cli import main as cli_main
 from training.train_autoencoder import ENCODER_PREFIXES
-from training.tune_decoder import PAIRS_FILE, DecoderTuneConfig, decoded_output, tune_decoder
+from training.tune_decoder import PAIRS_FILE, DecoderTuneConfig, decoded_output, pixel_loss, tune_decoder
 
 H, W = 24, 40
 
@@ -144,3 +144,24 @@ def test_a_missing_model_directory_is_a_clear_command_error(sim_dataset, tmp_pat
         cli_main(["swap-decoder", "--model", str(tmp_path / "nowhere"), "--autoencoder", str(tmp_path),
                   "--out", str(tmp_path / "out2")])
 
+
+
+def test_pixel_loss_adds_one_minus_ssim_as_scikit_image_computes_it():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-1, 1, (2, 3, 3, 16, 20))  # (N, V, 3, H, W) in [-1, 1]
+    output = np.clip(truth + rng.normal(0, 0.2, truth.shape), -1, 1)
+    out_t = torch.tensor(output, requires_grad=True)
+    loss = pixel_loss(out_t, torch.tensor(truth), l1_weight=0.5, ssim_weight=2.0)
+    mse, l1 = ((output - truth) ** 2).mean(), np.abs(output - truth).mean()
+    to_hwc = lambda z: ((z + 1) / 2).reshape(-1, 3, 16, 20).transpose(0, 2, 3, 1)  # noqa: E731
+    ref = np.mean([structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                         data_range=1, channel_axis=-1) for a, b in zip(to_hwc(output), to_hwc(truth))])
+    assert float(loss) == pytest.approx(mse + 0.5 * l1 + 2.0 * (1 - ref), rel=1e-5)
+    loss.backward()
+    assert out_t.grad is not None and float(out_t.grad.abs().sum()) > 0
+    exact = torch.tensor(truth)
+    assert float(pixel_loss(exact, exact, 0.0, 2.0)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        DecoderTuneConfig(model="m", data_dir="d", out_dir="o", ssim_weight=-1).validate()

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from persistworld_env.metrics import psnr
+from persistworld_env.metrics import psnr, ssim_torch
 from persistworld_env.models.autoencoder import ENCODER_PREFIXES, ModelLoadError
 from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, unstack_views
 from persistworld_env.models.world_model import WorldModel, relative_decoding
@@ -72,6 +72,7 @@ class DecoderTuneConfig:
     lr: float = 2e-4
     warmup_steps: int = 50
     l1_weight: float = 0.0             # on top of the pixel MSE
+    ssim_weight: float = 0.0           # x (1 - SSIM) on top of the pixel MSE
     grad_clip: float = 1.0
     seed: int = 0
     val_mod: int = 100                 # the dataset's validation split (never replayed here)
@@ -95,6 +96,8 @@ class DecoderTuneConfig:
             raise ValueError(f"real_fraction must be in [0, 1), got {self.real_fraction}")
         if self.episodes < 2 or self.val_every < 2 or self.episodes < self.val_every:
             raise ValueError(f"need episodes >= val_every >= 2 (episodes {self.episodes}, val_every {self.val_every})")
+        if self.l1_weight < 0 or self.ssim_weight < 0:
+            raise ValueError(f"loss weights must be >= 0, got l1 {self.l1_weight}, ssim {self.ssim_weight}")
         if self.decoder_layers is not None and self.decoder_layers < 0:
             raise ValueError(f"decoder_layers must be >= 0, got {self.decoder_layers}")
         for name in ("horizon", "steps", "batch_size", "replay_batch"):
@@ -179,10 +182,16 @@ def decoded_output(vae: torch.nn.Module, latents: torch.Tensor, reference: torch
     return relative_decoding(out, reference_decoded, reference - reference_decoded, weights, gate_tau)
 
 
-def pixel_loss(output: torch.Tensor, truth: torch.Tensor, l1_weight: float) -> torch.Tensor:
-    """MSE (+ ``l1_weight`` x L1) of float images in [-1, 1]."""
+def pixel_loss(output: torch.Tensor, truth: torch.Tensor, l1_weight: float, ssim_weight: float = 0.0) -> torch.Tensor:
+    """MSE (+ ``l1_weight`` x L1, + ``ssim_weight`` x (1 - SSIM) on the [0, 1] scale, per image and channel) of
+    float images ``(..., 3, H, W)`` in [-1, 1]."""
     diff = output.float() - truth.float()
-    return (diff ** 2).mean() + (l1_weight * diff.abs().mean() if l1_weight else 0.0)
+    loss = (diff ** 2).mean() + (l1_weight * diff.abs().mean() if l1_weight else 0.0)
+    if ssim_weight:
+        h, w = output.shape[-2:]
+        unit = lambda z: ((z.float() + 1) / 2).reshape(-1, 3, h, w)  # noqa: E731
+        loss = loss + ssim_weight * (1 - ssim_torch(unit(output), unit(truth)).mean())
+    return loss
 
 
 def training_batch(pairs: dict[str, np.ndarray], train_rows: np.ndarray, config: DecoderTuneConfig, step: int,
@@ -309,7 +318,7 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         relative = weights_at(rows, frames) * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
         with accelerator.autocast():
             output = decoded_output(vae, z, ref, zref, relative, scaling, shift, gate)
-        loss = pixel_loss(output, truth, config.l1_weight)
+        loss = pixel_loss(output, truth, config.l1_weight, config.ssim_weight)
         optimizer_step(accelerator, loss, trainable, optimizer, scheduler, config.grad_clip)
         step += 1
         losses.append(float(loss.detach()))
@@ -368,7 +377,8 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
 The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
 generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
 against the real frames ({config.steps} steps of {config.batch_size} frames, {config.real_fraction:.0%} real-frame
-latents, decoded {config.real_decoding}).{kept}{depth}
+latents, decoded {config.real_decoding}; loss MSE{f" + {config.l1_weight:g} x L1" if config.l1_weight else ""}\
+{f" + {config.ssim_weight:g} x (1 - SSIM)" if config.ssim_weight else ""}).{kept}{depth}
 Figures above that involve decoding were measured with the previous decoder.
 
 - command: `{config.command or '(python API)'}`
@@ -401,6 +411,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              f"plainly (keeps the plain reconstruction, costs some output quality) ({d.real_decoding})")
     for name, help_text in (("real_fraction", "share of inputs that are real-frame latents"),
                             ("lr", "peak learning rate (cosine decay)"), ("l1_weight", "L1 weight on top of MSE"),
+                            ("ssim_weight", "weight of 1 - SSIM on top of MSE (keeps structure MSE blurs)"),
                             ("grad_clip", "max gradient norm, 0 = off")):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                             help=f"{help_text} ({getattr(d, name)})")
