@@ -158,7 +158,7 @@ def test_pixel_loss_adds_one_minus_ssim_as_scikit_image_computes_it():
     to_hwc = lambda z: ((z + 1) / 2).reshape(-1, 3, 16, 20).transpose(0, 2, 3, 1)  # noqa: E731
     ref = np.mean([structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                          data_range=1, channel_axis=-1) for a, b in zip(to_hwc(output), to_hwc(truth))])
-    assert float(loss) == pytest.approx(mse + 0.5 * l1 + 2.0 * (1 - ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(mse + 0.5 * l1 + 2.0 * (1 - ref), rel=1e-5)
     loss.backward()
     assert out_t.grad is not None and float(out_t.grad.abs().sum()) > 0
     exact = torch.tensor(truth)
