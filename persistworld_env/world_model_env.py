@@ -47,11 +47,11 @@ def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: f
                 dtype: Any = "auto"):
     """(WorldModel, RolloutEngine) from a model directory, ``"default"`` or a loaded model (used in its own
     precision unless ``dtype`` names another)."""
-    from persistworld_env.models.world_model import AUTO_DTYPE, WorldModel, resolve_dtype
+    from persistworld_env.models.world_model import WorldModel, is_auto_dtype, resolve_dtype
     from persistworld_env.rollout import RolloutEngine
 
     if isinstance(model, WorldModel):
-        if not (dtype is None or str(dtype).lower() == AUTO_DTYPE) and resolve_dtype(dtype) != model.denoiser.dtype:
+        if not (dtype is None or is_auto_dtype(dtype)) and resolve_dtype(dtype) != model.denoiser.dtype:
             raise ValueError(f"dtype={dtype!r} applies when the env loads the model; this loaded model is "
                              f"{model.denoiser.dtype}: convert it with model.to(dtype) first, or pass its directory")
     else:

@@ -45,7 +45,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
         unique_specs, validate_metrics,
     )
     from persistworld_env.evaluation.plots import plot_fidelity_curves
-    from persistworld_env.models.world_model import WorldModel, dtype_name, resolve_dtype
+    from persistworld_env.models.world_model import WorldModel, dtype_name
     from persistworld_env.perceptual import build_lpips
     from persistworld_env.replay import select_replay_episodes
     from training.cli import command_line
@@ -59,7 +59,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = {k: v for k, v in (("steps", sampling_steps), ("guidance", guidance)) if v is not None}
     runs, chosen, reader, cameras, kept = {}, None, None, None, {}
-    precision = dtype_name(resolve_dtype(dtype, device))  # what "auto" means on this device, as recorded
+    precision = dtype_name(dtype, device)  # what "auto" means on this device, as recorded
     for spec in specs:
         model = WorldModel.from_pretrained(spec.path, device=device, dtype=dtype)
         if chosen is None:

@@ -159,7 +159,7 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
     from persistworld_env.evaluation.plots import plot_policy_scatter
     from persistworld_env.evaluation.policies import run_policy
     from persistworld_env.evaluation.policy_agreement import build_policy_eval_document, validate_policy_eval
-    from persistworld_env.models.world_model import dtype_name, resolve_dtype
+    from persistworld_env.models.world_model import dtype_name
     from persistworld_env.success import model_directory
     from training.cli import command_line
 
@@ -203,7 +203,7 @@ def run_policy_eval(models: Sequence[str], out: str, data: str | None = None, ep
             settings = {"model_sha256": files_sha256(model_directory(spec.path)), "sampling_steps": sampling_steps,
                         "guidance": guidance, "success_detector_sha256": files_sha256(success_detector),
                         "success_threshold": success_threshold, "success_steps": success_steps,
-                        **({"dtype": dtype_name(resolve_dtype(dtype, device))} if dtype else {})}
+                        **({"dtype": dtype_name(dtype, device)} if dtype else {})}
             # (float32 runs without --dtype keep their earlier stored key; "auto" is recorded as what it chose)
             results[spec.name] = {"path": spec.path, "success": run_all(venv, f"model-{spec.name}", settings)}
         finally:

@@ -343,10 +343,15 @@ def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def is_auto_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` asks for :func:`auto_dtype` (``"auto"``, in any case)."""
+    return isinstance(dtype, str) and dtype.lower() == AUTO_DTYPE
+
+
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str = "cpu") -> torch.dtype | None:
     """A floating-point ``torch.dtype`` from itself, one of the names in :data:`DTYPES`, or ``"auto"``
     (:func:`auto_dtype` of ``device``); None stays None."""
-    if isinstance(dtype, str) and dtype.lower() == AUTO_DTYPE:
+    if is_auto_dtype(dtype):
         return auto_dtype(device)
     if dtype is None or (isinstance(dtype, torch.dtype) and dtype in DTYPES.values()):
         return dtype
@@ -356,9 +361,10 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str = 
                      "(or the torch dtypes)")
 
 
-def dtype_name(dtype: torch.dtype | str | None) -> str:
-    """The :data:`DTYPES` name of ``dtype`` (None: ``"float32"``), as recorded in result files."""
-    return str(resolve_dtype(dtype) or torch.float32).removeprefix("torch.")
+def dtype_name(dtype: torch.dtype | str | None, device: torch.device | str = "cpu") -> str:
+    """The :data:`DTYPES` name of ``dtype`` (None: ``"float32"``; ``"auto"``: what it picks on ``device``), as
+    recorded in result files."""
+    return str(resolve_dtype(dtype, device) or torch.float32).removeprefix("torch.")
 
 
 def _read_json(path: Path) -> dict:
