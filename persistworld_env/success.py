@@ -21,9 +21,9 @@ from persistworld_env.models.success_detector import CONFIG_FILE, DETECTOR_SUBDI
 def model_directory(model: Any) -> Path | None:
     """The directory of a world model given as a path or an embedded name; None for a loaded model."""
     if isinstance(model, (str, os.PathLike)):
-        from persistworld_env.models.world_model import EMBEDDED_MODELS, embedded_model_dir
+        from persistworld_env.models.world_model import model_dir
 
-        return embedded_model_dir(str(model)) if str(model) in EMBEDDED_MODELS else Path(model)
+        return model_dir(model)
     return None
 
 

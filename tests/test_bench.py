@@ -52,3 +52,13 @@ def test_bench_sampler_in_half_precision(tiny_model):
     figures = bench_sampler(tiny_model, batch_sizes=(1,), long_steps=11, repeats=1, call_size_batch=1,
                             dtype="bfloat16")
     assert figures["dtype"] == "torch.bfloat16" and figures["batch1_step_seconds"] > 0
+
+
+def test_bench_measures_the_embedded_model_unless_told_otherwise():
+    """With no ``--model`` the benchmarks run what ``gym.make("PersistWorld-DROID-v0")`` runs."""
+    from training.bench import bench_env
+    from training.cli import build_parser
+
+    assert build_parser().parse_args(["bench", "env"]).model == "default"
+    figures = bench_env(sizes=(1,), steps=1, rounds=1, dtype="float32")
+    assert figures["model"] == "default" and figures["batched1_env_steps_per_s"] > 0

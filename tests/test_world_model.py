@@ -17,7 +17,7 @@ from persistworld_env.models.ctrl_world import load_ctrl_world_checkpoint, to_ct
 from persistworld_env.models.denoiser import FrameTokenAttnProcessor
 from persistworld_env.models.image_codec import float_to_uint8
 from persistworld_env.models.objective import edm_loss
-from persistworld_env.models.world_model import WorldModel, dtype_name, pose_gate, relative_decoding
+from persistworld_env.models.world_model import WorldModel, dtype_name, model_dir, pose_gate, relative_decoding
 from persistworld_env.rollout import RolloutEngine, _History
 
 H, W = 24, 40
@@ -323,6 +323,13 @@ def test_corrupt_or_missing_model_directory(model, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match="denoiser.safetensors"):
         WorldModel.from_pretrained(d)
+
+
+def test_model_dir_resolves_embedded_names_and_passes_paths_through(tmp_path):
+    embedded = model_dir("default")
+    assert embedded.parts[-2:] == ("assets", "default_model") and (embedded / "config.json").is_file()
+    assert model_dir(tmp_path / "default") == tmp_path / "default"  # a path, not the name
+    assert model_dir(str(tmp_path)) == tmp_path
 
 
 def test_ctrl_world_key_layout_round_trip(normalizer, tmp_path):

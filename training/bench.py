@@ -41,35 +41,21 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _random_default_model():
-    """The default architecture with random weights (speed does not depend on the weights)."""
-    import torch
-
-    from persistworld_env.models.world_model import WorldModel
-    from persistworld_env.sim.env import default_pose_normalizer
-
-    torch.manual_seed(0)
-    return WorldModel.build("default", default_pose_normalizer()).eval()
-
-
-def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
+def bench_sampler(model_path: str = "default", batch_sizes: tuple[int, ...] = (1, 8, 16), long_steps: int = 200,
                   repeats: int = 5, call_size_batch: int = 16, device: str = "cpu", dtype: str | None = None) -> dict:
     """Env-step cost of the rollout engine: 4 new frames x 3 cameras per rollout at the model's default
     sampling steps; throughput per batch size; step time and memory at step 5 vs step ``long_steps``; at batch
     ``call_size_batch``, the sampling time per rollouts-per-forward and the decoding time per images-per-call
     (interleaved rounds, best of each), to check the device's defaults (``RolloutEngine.max_batch``,
-    ``LatentCodec.chunk_size``). ``device``/``dtype``: where and in which precision the model runs."""
+    ``LatentCodec.chunk_size``). ``model_path``: a model directory or an embedded model's name (``"default"``:
+    what ``gym.make`` runs). ``device``/``dtype``: where and in which precision the model runs."""
     import numpy as np
     import torch
 
-    from persistworld_env.models.world_model import WorldModel, resolve_dtype
+    from persistworld_env.models.world_model import WorldModel
     from persistworld_env.rollout import RolloutEngine
 
-    if model_path:
-        model = WorldModel.from_pretrained(model_path, device=device, dtype=dtype)
-    else:
-        model = _random_default_model().to(device=device, dtype=resolve_dtype(dtype, device))
-    weights = model_path or "random weights, default architecture"
+    model = WorldModel.from_pretrained(model_path, device=device, dtype=dtype)
     cfg = model.config
     pose = model.normalizer.denormalize(np.zeros(7, np.float32))
 
@@ -89,7 +75,7 @@ def bench_sampler(model_path: str | None, batch_sizes: tuple[int, ...] = (1, 8, 
             times.append(time.perf_counter() - t0)
         return float(np.median(times))
 
-    figures: dict = {"model": weights, "device": str(model.device), "dtype": str(model.denoiser.dtype),
+    figures: dict = {"model": model_path, "device": str(model.device), "dtype": str(model.denoiser.dtype),
                      "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "torch_threads": torch.get_num_threads()}
@@ -164,14 +150,7 @@ def _call_size_figures(eng, actions, repeats: int) -> dict:
     return figures
 
 
-def _bench_model_dir(model_path: str | None, tmp: str) -> str:
-    """The model to benchmark: ``model_path``, or the default architecture with random weights saved to ``tmp``."""
-    if model_path:
-        return model_path
-    return str(_random_default_model().save_pretrained(Path(tmp) / "model"))
-
-
-def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
+def bench_env(model_path: str = "default", sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
               rounds: int = 3, dtype: str | None = "auto") -> dict:
     """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs.
 
@@ -199,30 +178,27 @@ def bench_env(model_path: str | None, sizes: tuple[int, ...] = (1, 4, 8, 16), st
 
     from persistworld_env.models.world_model import dtype_name
 
-    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype_name(dtype)}
-    with tempfile.TemporaryDirectory(prefix="pw_bench_env_") as tmp:
-        model = _bench_model_dir(model_path, tmp)
-        figures["model"] = model_path or "random weights, default architecture"
-        single, action = started(gym.make("PersistWorld-DROID-v0", model=model, dtype=dtype), False)
-        figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
-        single.close()
-        for n in sizes:
-            envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode,
-                                            model=model, dtype=dtype), True)
-                    for k, mode in (("batched", "vector_entry_point"), ("sync", "sync"))}
-            best = {k: 0.0 for k in envs}
-            for _ in range(rounds):
-                for k, (env, action) in envs.items():
-                    best[k] = max(best[k], rate(env, action, n))
-            figures[f"batched{n}_env_steps_per_s"] = round(best["batched"], 3)
-            figures[f"sync{n}_env_steps_per_s"] = round(best["sync"], 3)
-            figures[f"batched{n}_vs_sync"] = round(best["batched"] / best["sync"], 2)
-            for env, _ in envs.values():
-                env.close()
+    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype_name(dtype), "model": model_path}
+    single, action = started(gym.make("PersistWorld-DROID-v0", model=model_path, dtype=dtype), False)
+    figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
+    single.close()
+    for n in sizes:
+        envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode,
+                                        model=model_path, dtype=dtype), True)
+                for k, mode in (("batched", "vector_entry_point"), ("sync", "sync"))}
+        best = {k: 0.0 for k in envs}
+        for _ in range(rounds):
+            for k, (env, action) in envs.items():
+                best[k] = max(best[k], rate(env, action, n))
+        figures[f"batched{n}_env_steps_per_s"] = round(best["batched"], 3)
+        figures[f"sync{n}_env_steps_per_s"] = round(best["sync"], 3)
+        figures[f"batched{n}_vs_sync"] = round(best["batched"] / best["sync"], 2)
+        for env, _ in envs.values():
+            env.close()
     return figures
 
 
-def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: int = 2, clips: int = 1,
+def bench_posttrain(model_path: str = "default", candidates: int = 16, prefix_steps: int = 2, clips: int = 1,
                     repeats: int = 3, mixed_precision: str = "no") -> dict:
     """Seconds per post-training group and where they go (prefix, candidates, rewards, update), and the
     K candidates generated in one batched call against one by one.
@@ -248,7 +224,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     from training.posttrain import PosttrainConfig, accumulate_gradients, build_policy, sampler_settings
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
-    model = (WorldModel.from_pretrained(model_path) if model_path else _random_default_model()).to(accelerator.device)
+    model = WorldModel.from_pretrained(model_path).to(accelerator.device)
     model.requires_grad_(False)
     cfg = model.config
     settings = PosttrainConfig(data_dir="", out_dir="", candidates=candidates)  # the command's defaults
@@ -285,7 +261,7 @@ def bench_posttrain(model_path: str | None, candidates: int = 16, prefix_steps: 
     runs = [group() for _ in range(repeats)]
     parts = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
     total = sum(parts.values())
-    figures: dict = {"model": model_path or "random weights, default architecture", "candidates": candidates,
+    figures: dict = {"model": model_path, "candidates": candidates,
                      "mixed_precision": mixed_precision,
                      "prefix_steps": prefix_steps, "clips": clips, "sampling_steps": sampler.steps,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",

@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data = generation and loader throughput; sampler = world-model env-step cost; "
                         "env = env steps/s, batched vs gymnasium's SyncVectorEnv; posttrain = seconds per "
                         "post-training group and where they go, K candidates batched vs one by one")
-    p.add_argument("--model", default=None, help="model directory for the sampler benchmark (default: random "
-                   "weights of the default architecture; speed does not depend on weights)")
+    p.add_argument("--model", default="default", help="model directory for the sampler, env and posttrain "
+                   "benchmarks (default: the embedded model, what gym.make runs)")
     p.add_argument("--episodes", type=int, default=20, help="episodes to generate for the data benchmark")
     p.add_argument("--data", default=None, help="existing dataset for the loader benchmark (default: the generated one)")
     p.add_argument("--workers", type=int, default=2, help="generator / loader worker processes")

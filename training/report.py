@@ -43,10 +43,9 @@ def _copy_figure(src: Path, assets: Path, report: Path, prefix: str) -> str:
 def training_commands(model_path: str) -> list[str]:
     """The command lines recorded in a model directory's card (``- command: `...```): its own, preceded by
     the first one of each ``## Source`` section when the model was made from others (``persistworld average``)."""
-    from persistworld_env.models.world_model import EMBEDDED_MODELS, embedded_model_dir
+    from persistworld_env.models.world_model import model_dir
 
-    folder = embedded_model_dir(model_path) if model_path in EMBEDDED_MODELS else Path(model_path)
-    card = folder / "README.md"
+    card = model_dir(model_path) / "README.md"
     if not card.is_file():
         return []
     command = re.compile(r"- command: `([^`]+)`")

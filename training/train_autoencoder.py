@@ -43,7 +43,7 @@ from persistworld_env.models.autoencoder import (ENCODER_PREFIXES, build_autoenc
                                                  load_autoencoder)
 from persistworld_env.models.image_codec import LatentCodec, uint8_to_float
 from persistworld_env.models.vae_quality import SplitFrames, reconstruction_psnr
-from persistworld_env.models.world_model import AUTOENCODER_DIR, EMBEDDED_MODELS, embedded_model_dir
+from persistworld_env.models.world_model import AUTOENCODER_DIR, model_dir
 from training.checkpoints import optimizer_step, resume_checkpoint, save_checkpoint, start_run, warmup_cosine
 
 
@@ -181,8 +181,7 @@ def initial_autoencoder(config: AutoencoderTrainConfig, height: int) -> nn.Modul
     else:
         if config.model_overrides():
             raise ValueError("latent_channels / block_out_channels cannot change an initial autoencoder's shape")
-        name = config.init_from
-        source = embedded_model_dir(name) if name in EMBEDDED_MODELS else Path(name)
+        source = model_dir(config.init_from)
         vae = load_autoencoder(source / AUTOENCODER_DIR if (source / AUTOENCODER_DIR).is_dir() else source)
     from diffusers import AutoencoderKL
 

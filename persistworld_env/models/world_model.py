@@ -155,6 +155,12 @@ def embedded_model_dir(name: str) -> Path:
     return Path(str(resources.files("persistworld_env").joinpath("assets", EMBEDDED_MODELS[name])))
 
 
+def model_dir(path_or_name: str | os.PathLike) -> Path:
+    """The folder of a model given as a directory or as the name of an embedded model (``"default"``)."""
+    name = str(path_or_name)
+    return embedded_model_dir(name) if name in EMBEDDED_MODELS else Path(path_or_name)
+
+
 class WorldModel(nn.Module):
     """The action-conditioned multi-view video world model."""
 
@@ -305,13 +311,10 @@ class WorldModel(nn.Module):
         preconditioning and latents stay float32 either way.
         """
         dtype = resolve_dtype(dtype, device)
-        if str(path_or_name) in EMBEDDED_MODELS:
-            directory = embedded_model_dir(str(path_or_name))
-            if not (directory / CONFIG_FILE).is_file():
-                raise ModelLoadError(f"the embedded '{path_or_name}' model is missing from this installation "
-                                     f"(expected at {directory}); reinstall the package or pass a model directory")
-        else:
-            directory = Path(path_or_name)
+        directory = model_dir(path_or_name)
+        if str(path_or_name) in EMBEDDED_MODELS and not (directory / CONFIG_FILE).is_file():
+            raise ModelLoadError(f"the embedded '{path_or_name}' model is missing from this installation "
+                                 f"(expected at {directory}); reinstall the package or pass a model directory")
         for name in (CONFIG_FILE, NORMALIZATION_FILE, DENOISER_FILE):
             if not (directory / name).is_file():
                 raise ModelLoadError(f"not a PersistWorld model directory: missing {directory / name}")
