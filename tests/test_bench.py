@@ -62,3 +62,27 @@ def test_bench_measures_the_embedded_model_unless_told_otherwise():
     assert build_parser().parse_args(["bench", "env"]).model == "default"
     figures = bench_env(sizes=(1,), steps=1, rounds=1, dtype="float32")
     assert figures["model"] == "default" and figures["batched1_env_steps_per_s"] > 0
+
+
+def test_every_benchmark_records_the_machine_it_ran_on(monkeypatch, tmp_path):
+    """Speed depends on the CPU's units (AVX2 only, AVX512, AMX), so each figure set names them."""
+    import argparse
+    import os
+    import platform
+
+    import training.bench as bench
+
+    monkeypatch.setattr(bench, "bench_env", lambda model, dtype: {"model": model, "dtype": dtype})
+    args = argparse.Namespace(model="default", dtype="float32", json=True)
+    figures = bench.run_benchmark("env", args)
+    assert figures["model"] == "default" and figures["dtype"] == "float32"
+    assert figures["torch"] == torch.__version__ and figures["torch_threads"] == torch.get_num_threads()
+    assert figures["cpu_count"] == os.cpu_count() and figures["cpu_auto_dtype"] in {"float32", "bfloat16"}
+    assert figures["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(figures["cpu_amx"], bool) and figures["cpu"]
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert bench.cpu_model_name(cpuinfo) == "AMD EPYC 7B13"
+    assert bench.cpu_model_name(tmp_path / "missing") == (platform.processor() or platform.machine() or "unknown")

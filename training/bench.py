@@ -31,6 +31,35 @@ def bench_data(episodes: int, workers: int, data: str | None) -> dict:
     return figures
 
 
+def cpu_model_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's marketing name (Linux ``/proc/cpuinfo``'s first ``model name``; ``platform`` elsewhere)."""
+    import platform
+
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_figures() -> dict:
+    """What a benchmark ran on, recorded with its figures: speed depends on the CPU's vector and matrix units
+    (AVX2 only, AVX512, AMX tiles for bfloat16), the threads, the torch build and a GPU if there is one."""
+    import torch
+
+    from persistworld_env.models.world_model import dtype_name
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return {"cpu": cpu_model_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_amx": bool(amx()) if amx is not None else False, "cpu_auto_dtype": dtype_name("auto"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
+
+
 def _rss_mb() -> float:
     """Resident memory of this process (MB), from /proc (Linux) or the peak from resource elsewhere."""
     try:
@@ -77,8 +106,7 @@ def bench_sampler(model_path: str = "default", batch_sizes: tuple[int, ...] = (1
 
     figures: dict = {"model": model_path, "device": str(model.device), "dtype": str(model.denoiser.dtype),
                      "sampling_steps": cfg.sampler.steps, "guidance": cfg.sampler.guidance,
-                     "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
-                     "torch_threads": torch.get_num_threads()}
+                     "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras"}
     seconds: dict[int, tuple[float, float]] = {}  # batch size -> (sampling, decoding) seconds per step
     first = batch_sizes[0]  # speedups per rollout are against it (one rollout by default)
     for b in batch_sizes:
@@ -266,7 +294,7 @@ def bench_posttrain(model_path: str = "default", candidates: int = 16, prefix_st
                      "prefix_steps": prefix_steps, "clips": clips, "sampling_steps": sampler.steps,
                      "image": f"{cfg.height}x{cfg.width} x {len(cfg.cameras)} cameras",
                      "lpips": "alexnet-random (same cost as the real backbone)",
-                     "torch_threads": torch.get_num_threads(), "seconds_per_group": round(total, 3)}
+                     "seconds_per_group": round(total, 3)}
     for k, v in parts.items():
         figures[f"{k}_seconds"] = round(v, 3)
         figures[f"{k}_share"] = round(v / total, 3)
@@ -309,6 +337,7 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
         figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[precision])
     else:
         raise ValueError(f"unknown benchmark {target!r}")
+    figures = {**figures, **machine_figures()}
     if not args.json:
         table = Table(title=f"persistworld bench {target}")
         table.add_column("figure")
