@@ -57,3 +57,21 @@ def test_resuming_with_other_settings_is_refused_and_changes_nothing(tmp_path):
     with pytest.warns(UserWarning, match="cannot check"):
         generate_dataset(out, 1, seed=7, workers=1, height=24, width=40, progress=False)
     assert json.loads((out / SETTINGS_FILE).read_text())["seed"] == 7
+
+
+def test_the_renderer_version_is_recorded_and_a_resume_with_another_one_warns(tmp_path):
+    import mujoco
+    import pytest
+
+    from persistworld_env.sim.generation import SETTINGS_FILE
+
+    out = tmp_path / "sw"
+    generate_dataset(out, 1, seed=3, workers=1, height=24, width=40, progress=False)
+    stored = json.loads((out / SETTINGS_FILE).read_text())
+    assert stored["software"] == {"mujoco": mujoco.__version__}
+    stored["software"]["mujoco"] = "0.0.1"
+    (out / SETTINGS_FILE).write_text(json.dumps(stored))
+    with pytest.warns(UserWarning, match=f"mujoco 0.0.1 in the dataset, {mujoco.__version__} now"):
+        generate_dataset(out, 2, seed=3, workers=1, height=24, width=40, progress=False)
+    assert len((out / "meta/episodes.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / SETTINGS_FILE).read_text())["software"]["mujoco"] == "0.0.1"  # the first record stays

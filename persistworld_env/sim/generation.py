@@ -19,11 +19,15 @@ _SIM = None  # one simulator per worker process
 SETTINGS_FILE = "meta/persistworld_generation.json"
 
 
-def check_generation_settings(root: Path, settings: dict, has_episodes: bool) -> None:
+def check_generation_settings(root: Path, settings: dict, has_episodes: bool,
+                              software: dict | None = None) -> None:
     """Store ``settings`` in a new dataset, or make sure a resumed one was started with the same settings.
 
     Raises ValueError naming every differing setting (a resume must not mix episodes of two recipes).
     A dataset written before settings were stored is resumed with a warning (nothing to compare).
+    ``software`` (e.g. ``{"mujoco": "4.0.1"}``) is stored under ``"software"`` and compared with a warning only:
+    another renderer version draws the same episodes a little differently (up to 0.2 dB PSNR between MuJoCo
+    4.0.0 and 4.0.1), which is worth knowing but does not change what an episode is.
     """
     from persistworld_env.data.io_utils import read_json, write_json_atomic
 
@@ -35,11 +39,24 @@ def check_generation_settings(root: Path, settings: dict, has_episodes: bool) ->
             listed = ", ".join(f"{k}: {a!r} in the dataset, {b!r} now" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"{root} was generated with other settings ({listed}); resume with the same "
                              f"settings or write to a new folder")
+        recorded = stored.get("software", {})
+        changed = {k: (recorded[k], v) for k, v in (software or {}).items() if k in recorded and recorded[k] != v}
+        if changed:
+            listed = ", ".join(f"{k} {a} in the dataset, {b} now" for k, (a, b) in sorted(changed.items()))
+            warnings.warn(f"{root}: resuming with other software ({listed}); the new episodes may render slightly "
+                          f"differently from the old ones", stacklevel=3)
         return
     if has_episodes:
         warnings.warn(f"{root} has episodes but no {SETTINGS_FILE}: cannot check that the resumed settings "
                       f"match; storing the current ones", stacklevel=3)
-    write_json_atomic(path, settings)
+    write_json_atomic(path, {**settings, "software": dict(software or {})} if software else settings)
+
+
+def generation_software() -> dict[str, str]:
+    """Versions of the software that renders and simulates an episode (stored with every generated dataset)."""
+    import mujoco
+
+    return {"mujoco": mujoco.__version__}
 
 
 def episode_seed(base_seed: int, index: int) -> int:
@@ -88,7 +105,7 @@ def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, heigh
     done = writer.completed_episodes()
     check_generation_settings(Path(out), {"seed": int(seed), "height": int(height), "width": int(width),
                                           "task": task, "low_poly": bool(low_poly), "min_ticks": min_ticks},
-                              has_episodes=bool(done))
+                              has_episodes=bool(done), software=generation_software())
     jobs = [(i, episode_seed(seed, i), task, min_ticks) for i in range(episodes) if i not in done]
     start, frames, successes = time.perf_counter(), 0, []
     bar = tqdm(total=episodes, initial=episodes - len(jobs), desc="MiniDROID episodes", unit="ep",
