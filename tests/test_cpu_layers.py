@@ -1,8 +1,9 @@
 """CPU layers: the layout-aware group norm (which inputs avoid PyTorch's slow channels-last bfloat16 route; both
 routes compute ``nn.GroupNorm``'s function, checked against a float64 hand computation), the row-chunked
 feed-forward (same outputs and gradients as diffusers' ``FeedForward``, also inside the denoiser with LoRA), the
-attention routes (against a float64 hand computation; float32 bit-identical to diffusers' processor) and the
-residual blocks without a division by one (bit-identical to diffusers' ``ResnetBlock2D``)."""
+attention routes (against a float64 hand computation; float32 bit-identical to diffusers' processor), the
+residual blocks without a division by one (bit-identical to diffusers' ``ResnetBlock2D``) and the folded upsampling
+(against a float64 hand computation of nearest upsampling and a 3x3 convolution, and diffusers' ``Upsample2D``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,14 +12,16 @@ import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.models.autoencoder import build_autoencoder
 from persistworld_env.models.cpu_layers import (
-    CPU_BF16_MATMUL_ATTENTION_MAX_KEYS, CPU_FEED_FORWARD_ROWS, LayoutAwareGroupNorm, PlainAttnProcessor,
-    RowChunkedFeedForward, UnitScaleResnetBlock2D, scaled_dot_product_attention, takes_slow_channels_last_route,
-    use_layout_aware_group_norm, use_row_chunked_feed_forward, use_unit_scale_resnet_blocks,
+    CPU_BF16_MATMUL_ATTENTION_MAX_KEYS, CPU_FEED_FORWARD_ROWS, FoldedUpsample2D, LayoutAwareGroupNorm,
+    PlainAttnProcessor, RowChunkedFeedForward, UnitScaleResnetBlock2D, scaled_dot_product_attention,
+    takes_slow_channels_last_route, upsampling_conv_weight, use_folded_upsampling, use_layout_aware_group_norm,
+    use_row_chunked_feed_forward, use_unit_scale_resnet_blocks,
 )
 from persistworld_env.models.image_codec import LatentCodec
 from persistworld_env.models.lora import PolicyWeights
@@ -253,6 +256,57 @@ def test_unit_scale_resnet_block_is_diffusers_block_bit_for_bit(in_ch, out_ch, t
                            plain.to(torch.bfloat16)(x.bfloat16(), None if temb is None else temb.bfloat16()))
 
 
+# ---------------------------------------------------------------------------------------------- upsampling
+def hand_upsample_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Nearest 2x upsampling, then a 3x3 convolution with zero padding 1, by loops in float64."""
+    up = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
+    n, _, h, wd = up.shape
+    padded = np.pad(up, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd)) + b[None, :, None, None]
+    for dy in range(3):
+        for dx in range(3):
+            out += np.einsum("oc,nchw->nohw", w[:, :, dy, dx], padded[:, :, dy:dy + h, dx:dx + wd])
+    return out
+
+
+def test_folded_upsampling_weight_is_nearest_upsampling_then_the_convolution():
+    torch.manual_seed(6)
+    x, w, b = torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4)
+    folded = torch.nn.functional.conv_transpose2d(x, upsampling_conv_weight(w.float()).double(), b.double(),
+                                                  stride=2, padding=1)
+    np.testing.assert_allclose(folded.numpy(), hand_upsample_conv(x.numpy(), w.numpy(), b.double().numpy()),
+                               rtol=1e-6, atol=1e-5)
+    assert upsampling_conv_weight(w.float()).shape == (3, 4, 4, 4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_folded_upsample_block_matches_diffusers_outputs_and_gradients(layout):
+    torch.manual_seed(7)
+    plain = Upsample2D(8, use_conv=True, out_channels=6)
+    ours = Upsample2D(8, use_conv=True, out_channels=6)
+    ours.load_state_dict(plain.state_dict())
+    assert use_folded_upsampling(ours) == 1 and isinstance(ours, FoldedUpsample2D)
+    assert ours.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 8, 6, 10).contiguous(memory_format=layout)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = plain(x1), ours(x2)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.conv.weight.grad, plain.conv.weight.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # a U-Net's odd output size is not a doubling: the parent's interpolation
+        torch.testing.assert_close(ours(x, output_size=(11, 19)), plain(x, output_size=(11, 19)))
+        torch.testing.assert_close(ours(x, output_size=(12, 20)), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_upsampling_without_a_convolution_keeps_the_parents_forward():
+    plain, ours = Upsample2D(4, use_conv=False), Upsample2D(4, use_conv=False)
+    use_folded_upsampling(ours)
+    x = torch.randn(1, 4, 3, 5)
+    assert torch.equal(ours(x), plain(x))
+
+
 def test_models_use_the_faster_layers():
     normalizer = PoseNormalizer(low=np.full(7, -1.0), high=np.full(7, 1.0))
     model = WorldModel.build("tiny", normalizer, height=24, width=40)
@@ -260,3 +314,5 @@ def test_models_use_the_faster_layers():
     assert blocks and all(isinstance(m, UnitScaleResnetBlock2D) for m in blocks)
     processors = model.denoiser.unet.attn_processors
     assert sum(isinstance(p, PlainAttnProcessor) for p in processors.values()) == len(processors) // 2
+    upsamplers = [m for m in model.modules() if isinstance(m, Upsample2D)]
+    assert upsamplers and all(isinstance(m, FoldedUpsample2D) for m in upsamplers)

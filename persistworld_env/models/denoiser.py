@@ -22,8 +22,8 @@ from torch import nn
 
 from persistworld_env.constants import NUM_CLIP_FRAMES, NUM_HISTORY_FRAMES
 from persistworld_env.diffusion.edm import denoise
-from persistworld_env.models.cpu_layers import (PlainAttnProcessor, use_row_chunked_feed_forward,
-                                                use_unit_scale_resnet_blocks)
+from persistworld_env.models.cpu_layers import (PlainAttnProcessor, use_folded_upsampling,
+                                                use_row_chunked_feed_forward, use_unit_scale_resnet_blocks)
 from persistworld_env.models.conditioning import MINIDROID_VOCABULARY, ActionEncoder, InstructionEmbedding
 
 
@@ -166,6 +166,7 @@ class WorldModelDenoiser(nn.Module):
         install_frame_token_processors(self.unet)
         use_row_chunked_feed_forward(self.unet)  # same function; cache-sized feed-forward calls on a CPU
         use_unit_scale_resnet_blocks(self.unet)  # same function; no division by one
+        use_folded_upsampling(self.unet)  # same function; upsampling and its convolution in one
         self.action_encoder = ActionEncoder(config.token_dim)
         self.instruction_embedding = (InstructionEmbedding(config.instruction_vocabulary, config.token_dim)
                                       if config.instruction_vocabulary else None)

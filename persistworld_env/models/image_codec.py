@@ -96,10 +96,11 @@ class LatentCodec:
         self.sample_posterior = bool(sample_posterior)
         self.temporal = is_temporal_autoencoder(autoencoder)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        from persistworld_env.models.cpu_layers import (use_layout_aware_group_norm,  # imports diffusers
-                                                        use_unit_scale_resnet_blocks)
+        from persistworld_env.models.cpu_layers import (use_folded_upsampling,  # imports diffusers
+                                                        use_layout_aware_group_norm, use_unit_scale_resnet_blocks)
 
         use_unit_scale_resnet_blocks(self.autoencoder)  # same function; no division by one
+        use_folded_upsampling(self.autoencoder)  # same function; upsampling and its convolution in one
         if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
             use_layout_aware_group_norm(self.autoencoder)
