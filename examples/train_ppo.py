@@ -82,7 +82,7 @@ def evaluate_in_simulator(policy, episodes: int, steps: int, seed: int) -> dict:
 
     from persistworld_env.wrappers import LatestFrameObservation
 
-    env = LatestFrameObservation(gym.make("MiniDROID-Sim-v0", task="pick"))
+    env = LatestFrameObservation(gym.make("MiniDROID-Sim-v0", task="pick", observed_frames=1))  # render what it sees
     rewards, finals = [], []
     for episode in range(episodes):
         obs, info = env.reset(seed=seed + episode)

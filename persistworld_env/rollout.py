@@ -37,8 +37,8 @@ class StepOutput:
     """The 4 new frames of every rollout: scaled latents and decoded uint8 images (CPU)."""
 
     latents: torch.Tensor  # (B, 4, C, V*h, w)
-    frames: np.ndarray | None  # (B, 4, V, H, W, 3) uint8; None when the step was not decoded
-    alternatives: np.ndarray | None = None  # (B, K, 4, V, H, W, 3) uint8 when asked for
+    frames: np.ndarray | None  # (B, F, V, H, W, 3) uint8, the last F = decoded_frames; None when not decoded
+    alternatives: np.ndarray | None = None  # (B, K, F, V, H, W, 3) uint8 when asked for
     inputs: StepInputs | None = None
 
 
@@ -194,41 +194,51 @@ class RolloutEngine:
         return history, current, token_poses, instructions, new_poses
 
     @torch.no_grad()
-    def step(self, poses: np.ndarray, alternatives: int = 0, decode: bool = True) -> StepOutput:
+    def step(self, poses: np.ndarray, alternatives: int = 0, decode: bool = True,
+             decoded_frames: int = FRAMES_PER_STEP) -> StepOutput:
         """Advance every rollout by one clip given the raw poses (B, 4, 7) commanded for the 4 new frames.
 
         ``alternatives`` K > 0 also samples K other clips of the same step (not used by the rollout) into
         ``StepOutput.alternatives``; their noise is derived from each rollout's own stream without
         advancing it, so the rollout is the same with or without them. ``decode=False`` skips decoding
-        (``frames`` is None). ``StepOutput.inputs`` holds the step's conditioning and its whole clip.
+        (``frames`` is None); ``decoded_frames`` F < 4 decodes only the last F new frames (the same images as
+        when all are decoded, up to float rounding; the latents of all 4 are returned and kept either way).
+        ``StepOutput.inputs`` holds the step's conditioning and its whole clip.
         """
+        if isinstance(decoded_frames, bool) or not 1 <= int(decoded_frames) <= FRAMES_PER_STEP:
+            raise ValueError(f"decoded_frames must be in 1..{FRAMES_PER_STEP}, got {decoded_frames!r}")
         history, current, token_poses, instructions, new_poses = self._condition(poses)
         raw = torch.as_tensor(np.asarray(poses, dtype=np.float32))
         tokens = self.model.denoiser.tokens(token_poses, instructions)
-        others = self._alternatives(history, current, tokens, raw, alternatives) if alternatives > 0 else None
+        others = (self._alternatives(history, current, tokens, raw, alternatives, decoded_frames)
+                  if alternatives > 0 else None)
         clip = sample_clip(self.model.denoiser, history, current, tokens, self.sampler, self._generators,
                            self.max_batch)
         new = clip[:, 1:]
-        frames = self._decode(new, raw) if decode else None
+        frames = self._decode(new, raw, last=decoded_frames) if decode else None
         for i, h in enumerate(self._histories):
             h.append(new[i, -1], new_poses[i, -1])
         return StepOutput(latents=new, frames=frames, alternatives=others,
                           inputs=StepInputs(history, current, token_poses, instructions, clip))
 
-    def _decode(self, new: torch.Tensor, poses: torch.Tensor, repeats: int = 1) -> np.ndarray:
-        """Decode the next clip ``new`` of every rollout (each repeated ``repeats`` times in ``new``), commanded
-        at the raw ``poses`` (B, 4, 7), with the rollouts' reference corrections (``WorldModel.reference_correction``)."""
+    def _decode(self, new: torch.Tensor, poses: torch.Tensor, repeats: int = 1,
+                last: int = FRAMES_PER_STEP) -> np.ndarray:
+        """Decode the last ``last`` frames of the next clip ``new`` of every rollout (each repeated ``repeats`` times
+        in ``new``), commanded at the raw ``poses`` (B, 4, 7), with the rollouts' reference corrections
+        (``WorldModel.reference_correction``)."""
+        skipped = new.shape[1] - last
         if self._corrections[0] is None:
-            return self.model.decode(new)
+            return self.model.decode(new[:, skipped:])
         # Frame f of the next clip lies (steps so far) * clip length + f + 1 frames after the reference.
-        first = [(h.length - 1) * new.shape[1] + 1 for h in self._histories]
-        pose_change = poses - torch.stack(self._reference_poses)[:, None]  # (B, 4, 7)
+        first = [(h.length - 1) * new.shape[1] + 1 + skipped for h in self._histories]
+        pose_change = poses[:, skipped:] - torch.stack(self._reference_poses)[:, None]  # (B, last, 7)
         rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
-        return self.model.decode(new, rep(torch.stack(self._corrections)), rep(torch.tensor(first)), rep(pose_change))
+        return self.model.decode(new[:, skipped:], rep(torch.stack(self._corrections)), rep(torch.tensor(first)),
+                                 rep(pose_change))
 
     def _alternatives(self, history: torch.Tensor, current: torch.Tensor, tokens: torch.Tensor, poses: torch.Tensor,
-                      samples: int) -> np.ndarray:
-        """uint8 (B, samples, 4, V, H, W, 3): other clips for the same conditions."""
+                      samples: int, last: int = FRAMES_PER_STEP) -> np.ndarray:
+        """uint8 (B, samples, last, V, H, W, 3): other clips for the same conditions (their last ``last`` frames)."""
         b = history.shape[0]
         gens = []
         for g in self._generators:
@@ -239,7 +249,7 @@ class RolloutEngine:
         rep = lambda t: t.repeat_interleave(samples, dim=0)  # noqa: E731
         clip = sample_clip(self.model.denoiser, rep(history), rep(current), rep(tokens), self.sampler, gens,
                            self.max_batch)
-        frames = self._decode(clip[:, 1:], poses, samples)
+        frames = self._decode(clip[:, 1:], poses, samples, last)
         return frames.reshape(b, samples, *frames.shape[1:])
 
 

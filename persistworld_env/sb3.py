@@ -16,9 +16,15 @@ from persistworld_env.wrappers import latest_frame_space, latest_frames
 
 
 class SB3VecEnv(VecEnv):
-    """stable-baselines3 view of a :class:`PersistWorldVectorEnv` (built here with ``autoreset="same_step"``)."""
+    """stable-baselines3 view of a :class:`PersistWorldVectorEnv` (built here with ``autoreset="same_step"``).
+
+    The policy sees each step's latest frame only, so the vector env is built with ``observed_frames=1`` unless
+    ``env_kwargs`` says otherwise: the model then decodes a quarter of the frames (a reward callable gets
+    (1, H, W, 3) clips per camera).
+    """
 
     def __init__(self, num_envs: int = 4, **env_kwargs: Any) -> None:
+        env_kwargs.setdefault("observed_frames", 1)
         self.venv = PersistWorldVectorEnv(num_envs=num_envs, autoreset="same_step", **env_kwargs)
         super().__init__(num_envs, latest_frame_space(self.venv.single_observation_space),
                          self.venv.single_action_space)

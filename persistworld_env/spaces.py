@@ -13,11 +13,25 @@ from persistworld_env.constants import CAMERAS, FRAMES_PER_STEP, POSE_DIM
 POSE_KEY = "pose"
 
 
-def observation_space(height: int, width: int) -> spaces.Dict:
-    """Dict of the latest clip per camera, uint8 (4, H, W, 3), plus the normalised 7-D pose."""
-    obs = {cam: spaces.Box(0, 255, (FRAMES_PER_STEP, height, width, 3), np.uint8) for cam in CAMERAS}
+def observation_space(height: int, width: int, frames: int = FRAMES_PER_STEP) -> spaces.Dict:
+    """Dict of the latest clip per camera, uint8 (frames, H, W, 3) (by default all 4 frames of a step; fewer: the
+    last ones, see :func:`check_observed_frames`), plus the normalised 7-D pose."""
+    frames = check_observed_frames(frames)
+    obs = {cam: spaces.Box(0, 255, (frames, height, width, 3), np.uint8) for cam in CAMERAS}
     obs[POSE_KEY] = spaces.Box(-1.0, 1.0, (POSE_DIM,), np.float32)
     return spaces.Dict(obs)
+
+
+def check_observed_frames(frames: int) -> int:
+    """``observed_frames`` of an env: how many of a step's 4 new frames (the last ones) its observations hold.
+
+    4 (the default) is the whole clip; 1 is the latest frame only, what an image policy usually sees, and lets the
+    world-model env decode a quarter of the frames. Raises ValueError outside 1..4.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= FRAMES_PER_STEP:
+        raise ValueError(f"observed_frames must be an int in 1..{FRAMES_PER_STEP} (the last frames of each step's "
+                         f"clip), got {frames!r}")
+    return int(frames)
 
 
 def action_space() -> spaces.Box:

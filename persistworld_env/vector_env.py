@@ -17,9 +17,9 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from persistworld_env.constants import CAMERAS, MODEL_FPS
+from persistworld_env.constants import CAMERAS, FRAMES_PER_STEP, MODEL_FPS
 from persistworld_env.registration import MAX_EPISODE_STEPS
-from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
+from persistworld_env.spaces import POSE_KEY, action_space, check_observed_frames, observation_space, validate_action
 from persistworld_env.world_model_env import (RewardFn, batch_rewards, build_reward, fresh_copy, load_engine,
                                               make_starts, resolve_start, restart_reward, step_info)
 
@@ -32,7 +32,8 @@ class PersistWorldVectorEnv(VectorEnv):
         max_episode_steps: truncation horizon per sub-env (steps of 0.8 s).
         autoreset: ``"next_step"`` or ``"same_step"`` (see module docstring).
         Other arguments as :class:`persistworld_env.world_model_env.PersistWorldEnv` (``reward="goal"``,
-        which needs goal images per episode, is single-env only).
+        which needs goal images per episode, is single-env only; ``observed_frames=1`` decodes only each
+        step's latest frame).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": [], "render_fps": MODEL_FPS}
@@ -43,16 +44,17 @@ class PersistWorldVectorEnv(VectorEnv):
                  initial_state: str = "sim", task: str | None = None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, autoreset: str = "next_step",
                  success_detector: Any = None, success_threshold: float | None = None,
-                 success_steps: int | None = None, dtype: Any = "auto") -> None:
+                 success_steps: int | None = None, dtype: Any = "auto", observed_frames: int = FRAMES_PER_STEP) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if autoreset not in self._MODES:
             raise ValueError(f"autoreset must be one of {sorted(self._MODES)}, got {autoreset!r}")
         self.metadata = {**self.metadata, "autoreset_mode": self._MODES[autoreset]}
+        self.observed_frames = check_observed_frames(observed_frames)
         self.model, self.engine = load_engine(model, device, sampling_steps, guidance, dtype)
         cfg = self.model.config
         self.num_envs, self.height, self.width = num_envs, cfg.height, cfg.width
-        self.single_observation_space = observation_space(cfg.height, cfg.width)
+        self.single_observation_space = observation_space(cfg.height, cfg.width, self.observed_frames)
         self.single_action_space = action_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -63,7 +65,7 @@ class PersistWorldVectorEnv(VectorEnv):
         self._terminate_on_success = reward == "success"
         self.task, self.max_episode_steps = task, max_episode_steps
         self.starts = make_starts(initial_state, cfg.height, cfg.width)
-        self._clips: np.ndarray | None = None  # (N, 4, V, H, W, 3)
+        self._clips: np.ndarray | None = None  # (N, observed_frames, V, H, W, 3)
         self._poses = np.zeros((num_envs, 7), np.float32)
         self._instructions = [""] * num_envs
         self._start_infos: list[dict] = [{} for _ in range(num_envs)]
@@ -95,7 +97,7 @@ class PersistWorldVectorEnv(VectorEnv):
         self.engine.reset_slots(slots, np.stack(frames), np.stack(poses),
                                 [s or None for s in instructions] if any(instructions) else None, seeds)
         for k, i in enumerate(slots):
-            self._clips[i] = np.repeat(frames[k][None], 4, axis=0)
+            self._clips[i] = np.repeat(frames[k][None], self.observed_frames, axis=0)
             self._poses[i], self._instructions[i] = poses[k], instructions[k]
             self._elapsed[i], self._needs_reset[i] = 0, False
         restart_reward(self.reward_fn, slots)
@@ -123,7 +125,8 @@ class PersistWorldVectorEnv(VectorEnv):
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
         self._rngs = [np.random.default_rng(s) for s in seeds]
         if self._clips is None:
-            self._clips = np.zeros((self.num_envs, 4, len(CAMERAS), self.height, self.width, 3), np.uint8)
+            self._clips = np.zeros((self.num_envs, self.observed_frames, len(CAMERAS), self.height, self.width, 3),
+                                   np.uint8)
             self.engine.allocate(self.num_envs)
         slots = list(range(self.num_envs))
         infos = self._reset_slots(slots, options)
@@ -138,7 +141,7 @@ class PersistWorldVectorEnv(VectorEnv):
         normalized = np.stack([validate_action(a) for a in actions])
         poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
         finished = np.flatnonzero(self._needs_reset)
-        out = self.engine.step(poses)  # one batched forward for every sub-env
+        out = self.engine.step(poses, decoded_frames=self.observed_frames)  # one batched forward for every sub-env
         self._clips, self._poses = out.frames.copy(), poses[:, -1].copy()
         self._elapsed += 1
         infos = [step_info(self._instructions[i], self._start_infos[i], poses[i, -1]) for i in range(self.num_envs)]

@@ -40,8 +40,9 @@ def test_bench_sampler_splits_a_step_into_sampling_and_decoding(tiny_model):
 def test_bench_env_compares_batched_with_sync_vector_envs(tiny_model):
     from training.bench import bench_env
 
-    figures = bench_env(tiny_model, sizes=(2,), steps=1, rounds=2, dtype="bfloat16")
+    figures = bench_env(tiny_model, sizes=(2,), steps=1, rounds=2, dtype="bfloat16", observed_frames=1)
     assert figures["single_env_steps_per_s"] > 0 and figures["rounds"] == 2 and figures["dtype"] == "bfloat16"
+    assert figures["observed_frames"] == 1
     assert figures["batched2_vs_sync"] == pytest.approx(figures["batched2_env_steps_per_s"]
                                                         / figures["sync2_env_steps_per_s"], rel=0.02)
 
@@ -60,6 +61,8 @@ def test_bench_measures_the_embedded_model_unless_told_otherwise():
     from training.cli import build_parser
 
     assert build_parser().parse_args(["bench", "env"]).model == "default"
+    assert build_parser().parse_args(["bench", "env"]).observed_frames == 4
+    assert build_parser().parse_args(["bench", "env", "--observed-frames", "1"]).observed_frames == 1
     figures = bench_env(sizes=(1,), steps=1, rounds=1, dtype="float32")
     assert figures["model"] == "default" and figures["batched1_env_steps_per_s"] > 0
 
@@ -72,8 +75,8 @@ def test_every_benchmark_records_the_machine_it_ran_on(monkeypatch, tmp_path):
 
     import training.bench as bench
 
-    monkeypatch.setattr(bench, "bench_env", lambda model, dtype: {"model": model, "dtype": dtype})
-    args = argparse.Namespace(model="default", dtype="float32", json=True)
+    monkeypatch.setattr(bench, "bench_env", lambda model, dtype, observed_frames: {"model": model, "dtype": dtype})
+    args = argparse.Namespace(model="default", dtype="float32", observed_frames=4, json=True)
     figures = bench.run_benchmark("env", args)
     assert figures["model"] == "default" and figures["dtype"] == "float32"
     assert figures["torch"] == torch.__version__ and figures["torch_threads"] == torch.get_num_threads()

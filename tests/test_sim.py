@@ -233,3 +233,20 @@ def test_min_ticks_extends_an_episode_without_changing_its_task_part(sim):
     np.testing.assert_allclose(long.state[-5:, :3], long.state[-1:, :3].repeat(5, 0), atol=3e-3)
     with pytest.raises(ValueError, match="min_ticks"):
         run_expert(sim, 1, render=False, min_ticks=10_000)
+
+
+def test_sim_observed_frames_render_only_the_last_frames():
+    whole = gym.make("MiniDROID-Sim-v0", height=24, width=40)
+    latest = gym.make("MiniDROID-Sim-v0", height=24, width=40, observed_frames=1)
+    assert latest.observation_space["wrist_left"].shape == (1, 24, 40, 3)
+    o4, _ = whole.reset(seed=2)
+    o1, _ = latest.reset(seed=2)
+    action = np.clip(np.tile(o4["pose"], (4, 1)) + 0.1, -1, 1)
+    for _ in range(2):
+        o4, r4, *_ = whole.step(action)
+        o1, r1, *_ = latest.step(action)
+        for cam in CAMERAS:
+            np.testing.assert_array_equal(o1[cam], o4[cam][-1:])
+        np.testing.assert_array_equal(o1["pose"], o4["pose"])
+    whole.close()
+    latest.close()

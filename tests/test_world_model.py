@@ -501,3 +501,32 @@ def test_residual_denoiser_is_an_x0_predictor_of_the_change_from_the_current_fra
     c_skip = (1.0 / (sigma**2 + 1.0)).reshape(2, 1, 1, 1, 1)  # 0.5 and 0.2, by hand
     anchor = current[:, None]
     torch.testing.assert_close(x0, anchor + c_skip * (noisy - anchor))
+
+
+@pytest.mark.parametrize("last", [1, 3])
+def test_decoding_the_last_frames_gives_the_last_frames_of_the_whole_clip(normalizer, last):
+    """``decoded_frames`` skips the first frames only: reference fading and the pose gate use each frame's own
+    distance from the reference and its own commanded pose, as when the whole clip is decoded."""
+    torch.manual_seed(0)
+    cams = ("exterior_1_left", "wrist_left")
+    model = WorldModel.build("tiny", normalizer, height=H, width=W, reference_cameras=cams,
+                             reference_decay={"wrist_left": 0.8},
+                             reference_pose_gate={"wrist_left": {"position": 0.05, "rotation": 0.3}}).eval()
+    frames, poses = _start(model)
+    moves = np.linspace(0.0, 0.04, 8, dtype=np.float32).reshape(2, 4)  # a different pose for every frame
+    commands = np.tile(poses[:, None], (1, 4, 1))
+    commands[..., 0] += moves
+    whole, part = RolloutEngine(model), RolloutEngine(model)
+    for eng in (whole, part):
+        eng.reset(frames, poses, seeds=[0, 1])
+    for step in range(2):
+        a = whole.step(commands, alternatives=2)
+        b = part.step(commands, alternatives=2, decoded_frames=last)
+        torch.testing.assert_close(b.latents, a.latents)  # the rollout itself is the same
+        assert b.frames.shape == (2, last, 3, H, W, 3) and b.alternatives.shape == (2, 2, last, 3, H, W, 3)
+        for ours, theirs in ((b.frames, a.frames[:, -last:]), (b.alternatives, a.alternatives[:, :, -last:])):
+            # the same images up to float rounding (a decoder call of another size may round a level apart)
+            assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1 and (ours != theirs).mean() < 1e-3
+    for bad in (0, 5, True):
+        with pytest.raises(ValueError, match="decoded_frames"):
+            whole.step(commands, decoded_frames=bad)

@@ -203,6 +203,7 @@ def test_sb3_wrappers_and_vecenv(model_dir):
     env.close()
 
     venv = SB3VecEnv(num_envs=2, model=str(model_dir), sampling_steps=2, max_episode_steps=1)
+    assert venv.venv.observed_frames == 1  # the policy sees the latest frame: only that one is decoded
     obs = venv.reset()
     assert obs[CAMERAS[0]].shape == (2, 3, H, W)
     venv.step_async(np.zeros((2, 4, 7), np.float32))
@@ -268,3 +269,47 @@ def test_gym_make_runs_the_embedded_default_model():
     obs, reward, terminated, truncated, info = env.step(np.tile(obs["pose"], (4, 1)))
     assert obs["wrist_left"].dtype == np.uint8 and 0.0 <= info["success_probability"] <= 1.0
     env.close()
+
+
+def test_observed_frames_are_the_last_frames_of_each_step(model_dir):
+    """``observed_frames=k``: the last k frames of what a 4-frame env observes, in the single env, the vector env
+    and the simulator alike (so the spaces still match); with ground truth the fidelity compares those frames."""
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    whole = PersistWorldEnv(model=str(model_dir), sampling_steps=2)
+    latest = gym.make("PersistWorld-DROID-v0", model=str(model_dir), sampling_steps=2, observed_frames=1)
+    sim = gym.make("MiniDROID-Sim-v0", height=H, width=W, observed_frames=1)
+    assert latest.observation_space == sim.observation_space
+    assert latest.observation_space[CAMERAS[0]].shape == (1, H, W, 3)
+    check_env(latest.unwrapped)
+    def same_images(ours, theirs):  # up to float rounding: decoder calls of other sizes may round a level apart
+        assert ours.shape == theirs.shape and np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+    o4, _ = whole.reset(seed=3)
+    o1, _ = latest.reset(seed=3)
+    action = np.tile(o4["pose"], (4, 1))
+    for _ in range(2):
+        for cam in CAMERAS:
+            same_images(o1[cam], o4[cam][-1:])
+        o4, *_ = whole.step(action)
+        o1, *_ = latest.step(action)
+    truth = PersistWorldEnv(model=str(model_dir), sampling_steps=2, ground_truth="sim", observed_frames=2)
+    obs, _ = truth.reset(seed=3)
+    _, _, _, _, info = truth.step(action)
+    assert truth.ground_truth_clip.shape == (2, 3, H, W, 3) and set(info["fidelity"]["ssim"]) == set(CAMERAS)
+    venv4 = PersistWorldVectorEnv(num_envs=2, model=str(model_dir), sampling_steps=2)
+    venv2 = PersistWorldVectorEnv(num_envs=2, model=str(model_dir), sampling_steps=2, observed_frames=2)
+    assert venv2.observation_space[CAMERAS[0]].shape == (2, 2, H, W, 3)
+    v4, _ = venv4.reset(seed=[5, 6])
+    v2, _ = venv2.reset(seed=[5, 6])
+    actions = np.tile(v4["pose"][:, None], (1, 4, 1))
+    for _ in range(2):
+        v4, *_ = venv4.step(actions)
+        v2, *_ = venv2.step(actions)
+        for cam in CAMERAS:
+            same_images(v2[cam], v4[cam][:, -2:])
+    for bad in (0, 5, 1.0, True):
+        with pytest.raises(ValueError, match="observed_frames"):
+            PersistWorldEnv(model=str(model_dir), observed_frames=bad)
+    for env in (whole, latest, sim, truth, venv4, venv2):
+        env.close()

@@ -179,12 +179,13 @@ def _call_size_figures(eng, actions, repeats: int) -> dict:
 
 
 def bench_env(model_path: str = "default", sizes: tuple[int, ...] = (1, 4, 8, 16), steps: int = 3,
-              rounds: int = 3, dtype: str | None = "auto") -> dict:
+              rounds: int = 3, dtype: str | None = "auto", observed_frames: int = 4) -> dict:
     """Env steps/s: single env, batched vector env at N, and gymnasium's SyncVectorEnv of N single envs.
 
     The batched and the sync env of each N are timed in ``rounds`` interleaved rounds of ``steps`` steps and
     each keeps its best round, so a drift in the machine's speed hits both alike. ``dtype``: the weights' precision
-    (``"auto"``: the env's default, see ``persistworld_env.models.world_model.auto_dtype``).
+    (``"auto"``: the env's default, see ``persistworld_env.models.world_model.auto_dtype``). ``observed_frames``:
+    the envs' argument (1: observations of the latest frame only, a quarter of the decoding).
     """
     import gymnasium as gym
     import numpy as np
@@ -206,13 +207,14 @@ def bench_env(model_path: str = "default", sizes: tuple[int, ...] = (1, 4, 8, 16
 
     from persistworld_env.models.world_model import dtype_name
 
-    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype_name(dtype), "model": model_path}
-    single, action = started(gym.make("PersistWorld-DROID-v0", model=model_path, dtype=dtype), False)
+    figures: dict = {"steps_per_round": steps, "rounds": rounds, "dtype": dtype_name(dtype), "model": model_path,
+                     "observed_frames": observed_frames}
+    kwargs = {"model": model_path, "dtype": dtype, "observed_frames": observed_frames}
+    single, action = started(gym.make("PersistWorld-DROID-v0", **kwargs), False)
     figures["single_env_steps_per_s"] = round(max(rate(single, action, 1) for _ in range(rounds)), 3)
     single.close()
     for n in sizes:
-        envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode,
-                                        model=model_path, dtype=dtype), True)
+        envs = {k: started(gym.make_vec("PersistWorld-DROID-v0", num_envs=n, vectorization_mode=mode, **kwargs), True)
                 for k, mode in (("batched", "vector_entry_point"), ("sync", "sync"))}
         best = {k: 0.0 for k in envs}
         for _ in range(rounds):
@@ -331,7 +333,7 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     elif target == "sampler":
         figures = bench_sampler(args.model, device=args.device, dtype=args.dtype or AUTO_DTYPE)
     elif target == "env":
-        figures = bench_env(args.model, dtype=args.dtype or AUTO_DTYPE)
+        figures = bench_env(args.model, dtype=args.dtype or AUTO_DTYPE, observed_frames=args.observed_frames)
     elif target == "posttrain":
         precision = dtype_name(args.dtype) if args.dtype else "float32"
         figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[precision])

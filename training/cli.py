@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "env's default: bfloat16 on a CUDA GPU of compute capability >= 8 and on a CPU with AMX "
                         "tiles, else float32), of accelerate's mixed precision (autocast) for the posttrain "
                         "benchmark (default: float32, as `posttrain`)")
+    p.add_argument("--observed-frames", type=int, default=4, choices=range(1, 5), metavar="{1..4}",
+                   help="env benchmark: frames per camera in each observation, the last of each step's 4 (default 4; "
+                        "1 = the latest frame only, decoding a quarter of the frames)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
     return parser

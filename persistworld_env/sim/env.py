@@ -12,7 +12,7 @@ from persistworld_env.constants import CAMERAS, DEFAULT_HEIGHT, DEFAULT_WIDTH, F
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.sim.simulator import MiniDROIDSimulator
 from persistworld_env.visualization import tile_views
-from persistworld_env.spaces import POSE_KEY, action_space, observation_space, validate_action
+from persistworld_env.spaces import POSE_KEY, action_space, check_observed_frames, observation_space, validate_action
 
 
 def default_pose_normalizer() -> PoseNormalizer:
@@ -29,7 +29,8 @@ def tile_cameras(frames: dict[str, np.ndarray]) -> np.ndarray:
 class MiniDROIDSimEnv(gym.Env):
     """MiniDROID as a Gymnasium environment (ground truth for the learned simulator).
 
-    Observation: dict with, per camera, the latest clip of 4 frames at 5 Hz, uint8 (4, H, W, 3), and
+    Observation: dict with, per camera, the latest clip of 4 frames at 5 Hz, uint8 (4, H, W, 3) (its last
+    ``observed_frames`` frames when fewer are asked for), and
     ``"pose"``, the measured 7-D pose normalised to [-1, 1] with the dataset's percentile bounds.
     Action: float32 (4, 7), normalised absolute poses for the next 4 frames; each is reached by linear
     interpolation over 3 control ticks at 15 Hz (see :func:`persistworld_env.spaces.validate_action`
@@ -45,21 +46,24 @@ class MiniDROIDSimEnv(gym.Env):
         pose_normalizer: bounds mapping poses to [-1, 1]; MiniDROID's shipped bounds by default.
         terminate_on_success: end the episode at the first success.
         render_mode: ``"rgb_array"`` (the three cameras' latest frames side by side) or None.
+        observed_frames: frames per camera in an observation, the last of each step's 4 (default 4); fewer
+            render fewer images (the spaces of ``PersistWorld-DROID-v0`` with the same argument).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": MODEL_FPS}
 
     def __init__(self, height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH, task: str | None = None,
                  pose_normalizer: PoseNormalizer | None = None, terminate_on_success: bool = True,
-                 render_mode: str | None = None, low_poly: bool = True) -> None:
+                 render_mode: str | None = None, low_poly: bool = True, observed_frames: int = FRAMES_PER_STEP) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.observed_frames = check_observed_frames(observed_frames)
         self.sim = MiniDROIDSimulator(height, width, low_poly=low_poly)
         self.task_family = task
         self.normalizer = pose_normalizer or default_pose_normalizer()
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
-        self.observation_space = observation_space(height, width)
+        self.observation_space = observation_space(height, width, self.observed_frames)
         self.action_space = action_space()
         self._clip: dict[str, np.ndarray] | None = None
         self._command: np.ndarray | None = None
@@ -84,7 +88,7 @@ class MiniDROIDSimEnv(gym.Env):
                              f"'episode_seed'")
         self.sim.reset(episode_seed, family)
         first = self.sim.render()
-        self._clip = {c: np.repeat(first[c][None], FRAMES_PER_STEP, axis=0) for c in CAMERAS}
+        self._clip = {c: np.repeat(first[c][None], self.observed_frames, axis=0) for c in CAMERAS}
         self._command = self.sim.pose().astype(np.float64)
         self._target_start = self.sim.object_position(self.sim.task.target).astype(np.float32).copy()
         info = self._info() | {"source": "sim", "episode_seed": episode_seed}
@@ -96,12 +100,13 @@ class MiniDROIDSimEnv(gym.Env):
         targets = self.normalizer.denormalize(validate_action(action).astype(np.float64))
         frames = {c: [] for c in CAMERAS}
         start = self._command
-        for target in targets:
+        for index, target in enumerate(targets):
             for k in range(1, FRAME_STRIDE + 1):
                 self.sim.tick(start + (target - start) * k / FRAME_STRIDE)
             start = target
-            for cam, img in self.sim.render().items():
-                frames[cam].append(img)
+            if index >= FRAMES_PER_STEP - self.observed_frames:
+                for cam, img in self.sim.render().items():
+                    frames[cam].append(img)
         self._command = start
         self._clip = {c: np.stack(v) for c, v in frames.items()}
         success = self.sim.success()
