@@ -154,6 +154,9 @@ def test_simulator_and_model_envs_share_scenes_per_seed(setup):
         _, a = sim.reset(seed=[7])
         _, b = single.reset(seed=[7])
         obs, c = batched.reset(seed=[7, 8])
+        # policies and the detector look at the latest frame: only that one is rendered or decoded
+        assert sim.single_observation_space == single.single_observation_space == batched.single_observation_space
+        assert batched.single_observation_space["wrist_left"].shape == (1, H, W, 3)
         assert int(a["episode_seed"][0]) == int(b["episode_seed"][0]) == int(c["episode_seed"][0])
         assert a["task"][0] == b["task"][0] == c["task"][0]
         *_, info = batched.step(np.tile(obs[POSE_KEY][:, None], (1, 4, 1)))

@@ -23,13 +23,19 @@ from training.cli import add_dtype_argument
 REAL_WORLD = "sim"
 
 
+#: Frames per camera the policy-evaluation envs observe: the zoo's policies and the success detector look at the
+#: latest frame only, so only that one is rendered (simulator) or decoded (world model).
+OBSERVED_FRAMES = 1
+
+
 def sim_env(height: int, width: int, task: str | None):
     """``MiniDROID-Sim-v0`` as a one-env vector env (it terminates at the first success)."""
     import gymnasium as gym
 
     from persistworld_env.sim.env import MiniDROIDSimEnv
 
-    return gym.vector.SyncVectorEnv([lambda: MiniDROIDSimEnv(height, width, task=task)])
+    return gym.vector.SyncVectorEnv([lambda: MiniDROIDSimEnv(height, width, task=task,
+                                                             observed_frames=OBSERVED_FRAMES)])
 
 
 def model_env(model: str, num_envs: int = 1, *, device: str = "cpu", sampling_steps: int | None = None,
@@ -48,7 +54,7 @@ def model_env(model: str, num_envs: int = 1, *, device: str = "cpu", sampling_st
     from persistworld_env.world_model_env import PersistWorldEnv
 
     common = dict(model=model, device=device, sampling_steps=sampling_steps, guidance=guidance, task=task,
-                  dtype=dtype)
+                  dtype=dtype, observed_frames=OBSERVED_FRAMES)
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([lambda: PersistWorldEnv(
             reward="success", success_detector=success_detector, success_threshold=success_threshold,

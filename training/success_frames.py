@@ -25,7 +25,7 @@ def run_collection(model: str, out: str, data: str | None, episodes: int, seed: 
     from persistworld_env.data.io_utils import write_json_atomic
     from persistworld_env.evaluation.success_frames import SuccessFrames, collect_success_frames
     from persistworld_env.vector_env import PersistWorldVectorEnv
-    from training.policy_eval import build_zoo
+    from training.policy_eval import OBSERVED_FRAMES, build_zoo
 
     if episodes < 1 or max_steps < 1 or num_envs < 1:
         raise ValueError(f"--episodes, --max-steps and --num-envs must be >= 1, got {episodes}, {max_steps}, "
@@ -37,7 +37,7 @@ def run_collection(model: str, out: str, data: str | None, episodes: int, seed: 
     seeds = [seed + i for i in range(episodes)]
     # float32 like policy-eval and evaluate (not the envs' "auto"), so the detector sees the frames it is judged on
     venv = PersistWorldVectorEnv(num_envs=num_envs, model=model, device=device, max_episode_steps=max_steps + 1,
-                                 dtype="float32")
+                                 dtype="float32", observed_frames=OBSERVED_FRAMES)  # the latest frame is collected
     try:
         parts = [collect_success_frames(venv, spec, seeds, max_steps, progress=progress) for spec in zoo]
     finally:

@@ -93,7 +93,7 @@ def collect_success_frames(venv, spec, seeds: Sequence[int], max_steps: int, pro
 
     n = venv.num_envs
     sims = [MiniDROIDSimEnv(venv.height, venv.width, pose_normalizer=venv.model.normalizer,
-                            terminate_on_success=False) for _ in range(n)]
+                            terminate_on_success=False, observed_frames=1) for _ in range(n)]  # only labels are used
     rows: dict[str, list] = {f.name: [] for f in fields(SuccessFrames)}
     bar = tqdm(total=len(seeds), desc=spec.name, unit="ep", disable=not progress)
     try:
