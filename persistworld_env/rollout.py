@@ -205,7 +205,8 @@ class RolloutEngine:
         when all are decoded, up to float rounding; the latents of all 4 are returned and kept either way).
         ``StepOutput.inputs`` holds the step's conditioning and its whole clip.
         """
-        if isinstance(decoded_frames, bool) or not 1 <= int(decoded_frames) <= FRAMES_PER_STEP:
+        if (isinstance(decoded_frames, bool) or not isinstance(decoded_frames, (int, np.integer))
+                or not 1 <= decoded_frames <= FRAMES_PER_STEP):
             raise ValueError(f"decoded_frames must be in 1..{FRAMES_PER_STEP}, got {decoded_frames!r}")
         history, current, token_poses, instructions, new_poses = self._condition(poses)
         raw = torch.as_tensor(np.asarray(poses, dtype=np.float32))

@@ -527,6 +527,6 @@ def test_decoding_the_last_frames_gives_the_last_frames_of_the_whole_clip(normal
         for ours, theirs in ((b.frames, a.frames[:, -last:]), (b.alternatives, a.alternatives[:, :, -last:])):
             # the same images up to float rounding (a decoder call of another size may round a level apart)
             assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1 and (ours != theirs).mean() < 1e-3
-    for bad in (0, 5, True):
+    for bad in (0, 5, True, 2.5):
         with pytest.raises(ValueError, match="decoded_frames"):
             whole.step(commands, decoded_frames=bad)
