@@ -239,6 +239,7 @@ def test_sim_observed_frames_render_only_the_last_frames():
     whole = gym.make("MiniDROID-Sim-v0", height=24, width=40)
     latest = gym.make("MiniDROID-Sim-v0", height=24, width=40, observed_frames=1)
     assert latest.observation_space["wrist_left"].shape == (1, 24, 40, 3)
+    check_env(latest.unwrapped)
     o4, _ = whole.reset(seed=2)
     o1, _ = latest.reset(seed=2)
     action = np.clip(np.tile(o4["pose"], (4, 1)) + 0.1, -1, 1)
