@@ -75,3 +75,20 @@ def test_the_renderer_version_is_recorded_and_a_resume_with_another_one_warns(tm
         generate_dataset(out, 2, seed=3, workers=1, height=24, width=40, progress=False)
     assert len((out / "meta/episodes.jsonl").read_text().splitlines()) == 2
     assert json.loads((out / SETTINGS_FILE).read_text())["software"]["mujoco"] == "0.0.1"  # the first record stays
+
+
+def test_an_error_before_the_first_episode_is_the_error_reported(tmp_path, monkeypatch):
+    import pytest
+
+    from persistworld_env.sim import generation
+
+    with pytest.raises(ValueError, match="unknown task family 'foo'"):
+        generate_dataset(tmp_path / "task", 1, workers=1, task="foo", height=24, width=40, progress=False)
+    assert not (tmp_path / "task" / generation.SETTINGS_FILE).exists()  # nothing stored for a refused run
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation, "_record", interrupted)  # Ctrl-C during the first episode
+    with pytest.raises(KeyboardInterrupt):  # not "no episodes written": the CLI's resume hint must run
+        generate_dataset(tmp_path / "ctrl_c", 1, workers=1, height=24, width=40, progress=False)

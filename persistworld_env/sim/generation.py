@@ -95,11 +95,14 @@ def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, heigh
     from persistworld_env.constants import DATA_FPS
     from persistworld_env.data.lerobot_writer import LeRobotWriter
     from persistworld_env.sim.recording import MAX_SECONDS
+    from persistworld_env.sim.tasks import TASK_FAMILIES
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if not 0.0 <= min_seconds <= MAX_SECONDS:
         raise ValueError(f"--min-seconds must lie in [0, {MAX_SECONDS}], got {min_seconds}")
+    if task is not None and task not in TASK_FAMILIES:
+        raise ValueError(f"unknown task family {task!r}; choose from {TASK_FAMILIES}")
     min_ticks = int(np.ceil(min_seconds * DATA_FPS))
     writer = LeRobotWriter(Path(out))
     done = writer.completed_episodes()
@@ -131,7 +134,8 @@ def generate_dataset(out: str | os.PathLike, episodes: int, seed: int = 0, heigh
         bar.close()
         if workers > 1 and "pool" in locals() and pool is not None:
             pool.terminate()
-        writer.finalize()
+        if writer.completed_episodes():  # an error before the first episode stays the error reported
+            writer.finalize()
     elapsed = time.perf_counter() - start
     return {
         "episodes_written": len(jobs),
