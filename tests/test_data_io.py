@@ -169,8 +169,11 @@ def test_reader_errors_name_the_file(tmp_path, dataset):
         reader.load_frames(1, "wrist_left")
     bad = root / "data/chunk-000/episode_000003.parquet"
     bad.write_bytes(b"not a parquet file")
-    with pytest.raises(DatasetError, match="episode_000003.parquet"):
+    with pytest.raises(DatasetError, match="episode_000003.parquet.*truncated or corrupt"):
         reader.load_pose(3)
+    # A readable file without a column says so, rather than calling the file corrupt.
+    with pytest.raises(DatasetError, match=r"episode_000000.parquet has no column\(s\) \['nope'\]"):
+        reader.load_columns(0, ["observation.state.cartesian_position", "nope"])
 
     with pytest.raises(DatasetError, match="info.json"):
         LeRobotEpisodes(tmp_path / "empty")

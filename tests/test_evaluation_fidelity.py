@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 
 import numpy as np
@@ -122,6 +123,13 @@ def test_stored_runs_are_reused_only_for_the_same_weights_and_settings(evaluated
     (out / "runs" / "b.npz").write_bytes(b"not an npz")
     run_evaluation([f"b={root / 'b'}"], str(root / "ds"), str(out), **settings)
     assert len(calls) == 3 and load_replay_run(out / "runs" / "b.npz", {"x": 1}) is None
+    # The same path with its episodes written again (a dataset generated anew there) replays again.
+    reader = LeRobotEpisodes(root / "ds")
+    for episode in reader.episode_indices:
+        stat = reader.data_path(episode).stat()
+        os.utime(reader.data_path(episode), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    run_evaluation([f"b={root / 'b'}"], str(root / "ds"), str(out), **settings)
+    assert len(calls) == 4
     # The fingerprint follows the weights, not the folder.
     fp = [model_fingerprint(WorldModel.from_pretrained(root / n)) for n in ("a", "a_copy", "b")]
     assert fp[0] == fp[1] != fp[2]

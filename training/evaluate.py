@@ -19,6 +19,7 @@ them choose ``--lpips random`` (labelled ``alexnet-random``: not a perceptual me
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -74,6 +75,7 @@ def run_evaluation(models: Sequence[str], data: str, out: str, episodes: int = 8
                 print(f"note: only {len(chosen)} {split} episodes fit {horizon} steps (asked {episodes})")
         _check_compatible(model, reader, cameras, spec)
         key = {"model": model_fingerprint(model), "data": str(Path(data).resolve()),
+               "data_files": hashlib.sha1("".join(reader.file_stamp(e) for e in chosen).encode()).hexdigest(),
                "episodes": [int(e) for e in chosen], "horizon": horizon, "seed": seed, "batch_size": batch_size,
                "sampler": sampler, "lpips": metric.backbone if metric is not None else None,
                "videos": [int(e) for e in chosen[:videos]], **({"dtype": precision} if dtype else {})}

@@ -21,7 +21,6 @@ from typing import Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 
-from persistworld_env.data.errors import DatasetError
 from persistworld_env.data.io_utils import atomic_path
 from persistworld_env.data.lerobot_reader import LeRobotEpisodes
 
@@ -101,12 +100,7 @@ class FrameCache:
     def cache_key(self, episode_index: int) -> str:
         """Name of an episode's decoded frames: changes when the dataset's videos change."""
         h = hashlib.sha1(f"{self.reader.root.resolve()}|{self.reader.cameras}|{self.step}".encode())
-        for cam in self.reader.cameras:
-            video = self.reader.video_path(episode_index, cam)
-            if not video.is_file():
-                raise DatasetError(f"missing video file: {video}")
-            st = video.stat()
-            h.update(f"|{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(self.reader.file_stamp(episode_index, data=False).encode())
         return f"episode_{episode_index:06d}-{h.hexdigest()[:16]}"
 
     def cache_path(self, episode_index: int) -> Path:

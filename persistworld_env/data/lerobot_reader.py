@@ -112,6 +112,19 @@ class LeRobotEpisodes:
             raise DatasetError(f"{self.root / layout.INFO_FILE}: no video_path template")
         return layout.video_file(self.root, self.info, episode_index, camera)
 
+    def file_stamp(self, episode_index: int, data: bool = True) -> str:
+        """Sizes and modification times of an episode's videos (the reader's cameras) and, with ``data``, of its
+        parquet file: it changes whenever the episode is written again, so results keyed on it go stale with it."""
+        paths = [self.video_path(episode_index, cam) for cam in self.cameras]
+        paths += [self.data_path(episode_index)] if data else []
+        stamp = ""
+        for path in paths:
+            if not path.is_file():
+                raise DatasetError(f"missing file of episode {episode_index}: {path}")
+            st = path.stat()
+            stamp += f"|{st.st_size}:{st.st_mtime_ns}"
+        return stamp
+
     # ------------------------------------------------------------------ data
     def load_columns(self, episode_index: int, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Parquet columns of one episode: numeric as (T, dim) arrays, strings as (T,) object arrays."""
@@ -119,6 +132,10 @@ class LeRobotEpisodes:
         if not path.is_file():
             raise DatasetError(f"missing parquet file of episode {episode_index}: {path}")
         try:
+            if columns is not None:
+                missing = [c for c in columns if c not in pq.read_schema(path).names]
+                if missing:
+                    raise DatasetError(f"{path} has no column(s) {missing} (is this dataset in the DROID layout?)")
             table = pq.read_table(path, columns=list(columns) if columns is not None else None)
         except (pa.ArrowException, OSError) as e:
             raise DatasetError(f"cannot read parquet file {path} (truncated or corrupt?): {e}") from e
