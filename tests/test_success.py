@@ -99,6 +99,14 @@ def test_resimulated_labels_equal_the_recorded_ones(minidroid, tmp_path):
         load_frame_success(minidroid, tmp_path / "bad.parquet")
 
 
+def test_resimulated_labels_of_a_long_horizon_dataset(tmp_path):
+    root = tmp_path / "long"  # generate --min-seconds: the expert returns home and holds, the episode is longer
+    generate_dataset(root, 1, seed=0, workers=1, height=H, width=W, progress=False, min_seconds=12)
+    label_dataset(root, tmp_path / "labels.parquet", progress=False)
+    np.testing.assert_array_equal(load_frame_success(root, tmp_path / "labels.parquet")[0],
+                                  load_frame_success(root)[0])
+
+
 def test_resimulation_refuses_a_recording_it_does_not_reproduce(minidroid):
     reader = LeRobotEpisodes(minidroid, cameras=())
     meta, pose = reader.episode_meta(0), reader.load_pose(0)

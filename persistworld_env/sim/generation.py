@@ -52,6 +52,15 @@ def check_generation_settings(root: Path, settings: dict, has_episodes: bool,
     write_json_atomic(path, {**settings, "software": dict(software or {})} if software else settings)
 
 
+def generation_settings(root: str | os.PathLike) -> dict:
+    """The settings a MiniDROID dataset was generated with (``meta/persistworld_generation.json``); ``{}`` for a
+    dataset without them (written before they were stored, or not by ``generate``)."""
+    from persistworld_env.data.io_utils import read_json
+
+    path = Path(root) / SETTINGS_FILE
+    return read_json(path) if path.is_file() else {}
+
+
 def generation_software() -> dict[str, str]:
     """Versions of the software that renders and simulates an episode (stored with every generated dataset)."""
     import mujoco

@@ -28,6 +28,7 @@ from persistworld_env.constants import DATA_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, 
 from persistworld_env.data.errors import DatasetError
 from persistworld_env.data.io_utils import atomic_path
 from persistworld_env.data.lerobot_reader import LeRobotEpisodes
+from persistworld_env.sim.generation import generation_settings
 
 #: Largest allowed difference between a recorded and a re-simulated pose entry (the recording is float32).
 POSE_TOLERANCE = 1e-4
@@ -42,7 +43,7 @@ class ResimulationError(DatasetError):
 
 def resimulate_episode(sim, seed: int, task_family: str | None, recorded_pose: np.ndarray,
                        recorded_success: bool | None = None, tolerance: float = POSE_TOLERANCE,
-                       name: str = "episode") -> tuple[np.ndarray, float]:
+                       name: str = "episode", min_ticks: int = 0) -> tuple[np.ndarray, float]:
     """Per-frame success of one recorded episode, re-simulated by seed without rendering.
 
     Args:
@@ -52,6 +53,8 @@ def resimulate_episode(sim, seed: int, task_family: str | None, recorded_pose: n
         recorded_success: the recorded episode outcome, compared when given.
         tolerance: largest allowed absolute pose difference.
         name: how errors name the episode.
+        min_ticks: the episode's least length as generated (``generate --min-seconds``: ``min_ticks`` in the
+            dataset's ``meta/persistworld_generation.json``).
     Returns:
         ((T,) bool labels, largest absolute pose difference).
     Raises:
@@ -59,7 +62,7 @@ def resimulate_episode(sim, seed: int, task_family: str | None, recorded_pose: n
     """
     from persistworld_env.sim.recording import run_expert
 
-    run = run_expert(sim, int(seed), task_family or None, render=False)
+    run = run_expert(sim, int(seed), task_family or None, render=False, min_ticks=int(min_ticks))
     recorded_pose = np.asarray(recorded_pose, dtype=np.float32)
     if len(run.state) != len(recorded_pose):
         raise ResimulationError(f"{name} (seed {seed}): re-simulation has {len(run.state)} frames, the recording "
@@ -84,8 +87,9 @@ def _init_worker(low_poly: bool) -> None:
 
 
 def _label_job(job: tuple) -> tuple[int, np.ndarray, float]:
-    episode, seed, family, pose, success, tolerance = job
-    labels, error = resimulate_episode(_SIM, seed, family, pose, success, tolerance, name=f"episode {episode}")
+    episode, seed, family, pose, success, tolerance, min_ticks = job
+    labels, error = resimulate_episode(_SIM, seed, family, pose, success, tolerance, name=f"episode {episode}",
+                                       min_ticks=min_ticks)
     return episode, labels, error
 
 
@@ -107,6 +111,7 @@ def label_dataset(root: str | os.PathLike, out: str | os.PathLike, workers: int 
     if reader.fps != DATA_FPS:
         raise DatasetError(f"{root}: recorded at {reader.fps} fps, MiniDROID records at {DATA_FPS}")
     chosen = reader.episode_indices if episodes is None else [int(e) for e in episodes]
+    min_ticks = int(generation_settings(root).get("min_ticks", 0))  # generate --min-seconds lengthens episodes
     jobs = []
     for ep in chosen:
         meta = reader.episode_meta(ep)
@@ -114,7 +119,7 @@ def label_dataset(root: str | os.PathLike, out: str | os.PathLike, workers: int 
             raise DatasetError(f"{root}: episode {ep} has no seed in {reader.root / 'meta/episodes.jsonl'}; only "
                                "MiniDROID episodes can be re-simulated")
         jobs.append((ep, int(meta["seed"]), meta.get("task_family"), reader.load_pose(ep), meta.get("success"),
-                     tolerance))
+                     tolerance, min_ticks))
     results: dict[int, np.ndarray] = {}
     worst = 0.0
     bar = tqdm(total=len(jobs), desc="re-simulating for success labels", unit="ep", disable=not progress)
