@@ -69,6 +69,11 @@ class DatasetStarts:
         if shape != (height, width):
             raise ValueError(f"dataset {root} has {shape[0]}x{shape[1]} images, the model expects {height}x{width}")
 
+    def draw(self, seed: int) -> int:
+        """An episode drawn uniformly by ``seed`` (a reset without ``options["episode"]``, e.g. an autoreset)."""
+        episodes = self.reader.episode_indices
+        return int(episodes[np.random.default_rng(seed).integers(len(episodes))])
+
     def get(self, episode: int) -> StartState:
         episodes = self.reader.episode_indices
         if episode not in episodes:

@@ -2,7 +2,10 @@
 
 stable-baselines3 cannot consume a Gymnasium ``VectorEnv``; this adapter drives
 :class:`PersistWorldVectorEnv` in ``same_step`` autoreset mode, gives the latest frame of each camera as
-a channel-first image (what SB3 treats as images) and the pose, and fills SB3's ``terminal_observation``.
+a channel-first image (what SB3 treats as images) and the pose, and gives each sub-env's info as
+``DummyVecEnv`` does (a finished one's last info with ``terminal_observation`` and ``TimeLimit.truncated``; its
+reset info in ``reset_infos``). ``seed()`` and ``set_options()`` (one dict, or one per sub-env) apply to the next
+``reset()``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
-from persistworld_env.vector_env import PersistWorldVectorEnv
+from persistworld_env.vector_env import PersistWorldVectorEnv, slot_entries
 from persistworld_env.wrappers import latest_frame_space, latest_frames
 
 
@@ -29,11 +32,12 @@ class SB3VecEnv(VecEnv):
         super().__init__(num_envs, latest_frame_space(self.venv.single_observation_space),
                          self.venv.single_action_space)
         self._actions: np.ndarray | None = None
-        self._seed: int | None = None
 
     def reset(self):
-        obs, _ = self.venv.reset(seed=self._seed)
-        self._seed = None
+        obs, info = self.venv.reset_each(self._seeds, self._options)
+        self.reset_infos = [slot_entries(info, i) for i in range(self.num_envs)]
+        self._reset_seeds()  # like DummyVecEnv: seeds and options (seed(), set_options()) are used once
+        self._reset_options()
         return latest_frames(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -42,16 +46,16 @@ class SB3VecEnv(VecEnv):
     def step_wait(self):
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         dones = terminated | truncated
-        infos: list[dict] = [{} for _ in range(self.num_envs)]
-        for i in np.flatnonzero(dones):
-            infos[i]["terminal_observation"] = {k: v[0] for k, v in latest_frames(
-                {k: v[None] for k, v in info["final_obs"][i].items()}).items()}
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        infos = []
+        for i in range(self.num_envs):  # DummyVecEnv's infos: a finished sub-env's are those of its last step
+            sub = slot_entries(info, i)
+            final_obs, final_info = sub.pop("final_obs", None), sub.pop("final_info", None)
+            if dones[i]:
+                self.reset_infos[i], sub = sub, final_info
+                sub["terminal_observation"] = latest_frames(final_obs)
+            sub["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos.append(sub)
         return latest_frames(obs), rewards.astype(np.float32), dones, infos
-
-    def seed(self, seed: int | None = None):
-        self._seed = seed
-        return [None if seed is None else seed + i for i in range(self.num_envs)]
 
     def close(self) -> None:
         self.venv.close()

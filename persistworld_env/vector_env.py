@@ -8,9 +8,14 @@ branches, decoding and Python overhead shared). Autoreset (finished slots restar
   first observation with reward 0;
 * ``"same_step"``: a finished sub-env is reset within the same step; its last observation and info
   are in ``info["final_obs"]`` / ``info["final_info"]`` (what stable-baselines3 expects).
+
+An autoreset starts as ``reset()`` without options would (as Gymnasium's own vector envs do): the simulator
+scene, or for dataset starts a random episode, drawn from the sub-env's RNG. Infos have Gymnasium's vector
+layout (``VectorEnv._add_info``), as ``gym.make_vec(..., vectorization_mode="sync")`` gives them.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,10 +23,24 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from persistworld_env.constants import CAMERAS, FRAMES_PER_STEP, MODEL_FPS
+from persistworld_env.initial_states import StartState
 from persistworld_env.registration import MAX_EPISODE_STEPS
 from persistworld_env.spaces import POSE_KEY, action_space, check_observed_frames, observation_space, validate_action
-from persistworld_env.world_model_env import (RewardFn, batch_rewards, build_reward, fresh_copy, load_engine,
+from persistworld_env.world_model_env import (RewardFn, batch_rewards, build_reward, check_reset_options, load_engine,
                                               make_starts, resolve_start, restart_reward, step_info)
+
+
+def slot_entries(tree: dict[str, Any], i: int) -> dict[str, Any]:
+    """Sub-env ``i``'s entries of a vector observation or info dict in Gymnasium's layout (arrays, with
+    ``"_key"`` masks where only some sub-envs report a key, nested dicts for dict values)."""
+    out = {}
+    for key, value in tree.items():
+        mask = tree.get("_" + key)
+        if key.startswith("_") or (mask is not None and not mask[i]):
+            continue
+        out[key] = slot_entries(value, i) if isinstance(value, dict) else value[i] if isinstance(
+            value, np.ndarray) else value
+    return out
 
 
 class PersistWorldVectorEnv(VectorEnv):
@@ -79,58 +98,71 @@ class PersistWorldVectorEnv(VectorEnv):
         obs[POSE_KEY] = np.asarray(self.model.normalizer.normalize(self._poses), dtype=np.float32)
         return obs
 
-    def _reset_slots(self, slots: Sequence[int], options: dict | None = None) -> list[dict]:
-        infos, frames, poses, instructions, seeds = [], [], [], [], []
-        for i in slots:
-            opts = dict(options or {})
-            episode_seed = int(self._rngs[i].integers(2**31 - 1))
-            start = resolve_start(self.starts, opts, episode_seed, self.task, self.height, self.width)
-            if opts:
-                raise ValueError(f"unknown reset options {sorted(opts)}; accepted: episode, task, frames, pose, "
-                                 f"instruction")
-            frames.append(start.frames)
-            poses.append(start.pose)
-            instructions.append(start.instruction)
-            self._start_infos[i] = start.info
-            seeds.append(episode_seed)
-            infos.append({"instruction": start.instruction, **fresh_copy(start.info)})
-        self.engine.reset_slots(slots, np.stack(frames), np.stack(poses),
-                                [s or None for s in instructions] if any(instructions) else None, seeds)
-        for k, i in enumerate(slots):
-            self._clips[i] = np.repeat(frames[k][None], self.observed_frames, axis=0)
-            self._poses[i], self._instructions[i] = poses[k], instructions[k]
+    def _resolve(self, rngs: Sequence[np.random.Generator], options: Sequence[dict]) -> list[tuple[StartState, int]]:
+        """The start and episode seed of each slot to reset, given its RNG and reset options; changes no env state,
+        so a bad option raises before anything does."""
+        for opts in options:
+            check_reset_options(opts, self.starts)
+        out = []
+        for rng, opts in zip(rngs, options):
+            episode_seed = int(rng.integers(2**31 - 1))
+            out.append((resolve_start(self.starts, opts, episode_seed, self.task, self.height, self.width),
+                        episode_seed))
+        return out
+
+    def _restart(self, slots: Sequence[int], starts: list[tuple[StartState, int]]) -> list[dict]:
+        """Start the slots' episodes from resolved starts; returns their reset infos."""
+        frames = np.stack([start.frames for start, _ in starts])
+        instructions = [start.instruction for start, _ in starts]
+        self.engine.reset_slots(slots, frames, np.stack([start.pose for start, _ in starts]),
+                                [s or None for s in instructions] if any(instructions) else None,
+                                [seed for _, seed in starts])
+        for i, (start, _) in zip(slots, starts):
+            self._clips[i] = np.repeat(start.frames[None], self.observed_frames, axis=0)
+            self._poses[i], self._instructions[i], self._start_infos[i] = start.pose, start.instruction, start.info
             self._elapsed[i], self._needs_reset[i] = 0, False
         restart_reward(self.reward_fn, slots)
-        return infos
+        return [step_info(start.instruction, start.info, start.pose) for start, _ in starts]
 
-    @staticmethod
-    def _merge(infos: list[dict], slots: Sequence[int], n: int) -> dict:
-        """Gymnasium's vector info layout: ``info[key]`` arrays (typed for bool/int/float values, object
-        otherwise) plus ``info["_key"]`` masks."""
+    def _autoreset(self, slots: Sequence[int]) -> list[tuple[StartState, int]]:
+        """Starts of the slots' next episodes: the default start (no options, as Gymnasium's autoreset), drawn from
+        each slot's RNG (for dataset starts a random episode)."""
+        return self._resolve([self._rngs[i] for i in slots], [{} for _ in slots])
+
+    def _merge(self, infos: Sequence[dict], slots: Sequence[int]) -> dict:
+        """Gymnasium's vector info layout (``VectorEnv._add_info``, as ``SyncVectorEnv``)."""
         merged: dict[str, Any] = {}
         for info, i in zip(infos, slots):
-            for key, value in info.items():
-                if key not in merged:
-                    dtype = {bool: bool, int: np.int64, float: np.float64}.get(type(value), object)
-                    merged[key] = np.zeros(n, dtype) if dtype is not object else np.full(n, None, dtype=object)
-                    merged["_" + key] = np.zeros(n, bool)
-                merged[key][i], merged["_" + key][i] = value, True
+            merged = self._add_info(merged, info, i)
         return merged
 
     # -- VectorEnv API -------------------------------------------------------------------------
-    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
-        seeds = [None] * self.num_envs if seed is None else (
-            [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed))
-        if len(seeds) != self.num_envs:
-            raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
-        self._rngs = [np.random.default_rng(s) for s in seeds]
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
+        """Reset every sub-env: ``seed`` None keeps each one's RNG going, an int seeds sub-env i with ``seed + i``, a
+        list gives one seed (or None) per sub-env; ``options`` (as the single env's) apply to all."""
+        if seed is None:
+            seeds = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+        return self.reset_each(seeds, [options or {}] * self.num_envs)
+
+    def reset_each(self, seeds: Sequence[int | None], options: Sequence[dict]):
+        """Reset every sub-env with its own seed (None: keep its RNG) and options (what stable-baselines3's
+        ``set_options`` gives); a rejected reset changes nothing."""
+        if len(seeds) != self.num_envs or len(options) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} seeds and options, got {len(seeds)} and {len(options)}")
+        rngs = [np.random.default_rng(s) if s is not None else copy.deepcopy(rng) for s, rng in zip(seeds, self._rngs)]
+        slots = list(range(self.num_envs))
+        starts = self._resolve(rngs, [dict(o or {}) for o in options])
+        self._rngs = rngs
         if self._clips is None:
             self._clips = np.zeros((self.num_envs, self.observed_frames, len(CAMERAS), self.height, self.width, 3),
                                    np.uint8)
             self.engine.allocate(self.num_envs)
-        slots = list(range(self.num_envs))
-        infos = self._reset_slots(slots, options)
-        return self._observations(), self._merge(infos, slots, self.num_envs)
+        infos = self._restart(slots, starts)
+        return self._observations(), self._merge(infos, slots)
 
     def step(self, actions):
         if self._clips is None:
@@ -138,9 +170,15 @@ class PersistWorldVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         if actions.shape[:1] != (self.num_envs,):
             raise ValueError(f"actions must have a leading dimension of num_envs={self.num_envs}, got {actions.shape}")
-        normalized = np.stack([validate_action(a) for a in actions])
-        poses = np.asarray(self.model.normalizer.denormalize(normalized.astype(np.float64)), dtype=np.float32)
         finished = np.flatnonzero(self._needs_reset)
+        stepping = np.flatnonzero(~self._needs_reset)
+        # NEXT_STEP autoreset: finished slots start over instead of stepping, so their actions are ignored (as
+        # Gymnasium does) and they hold still in the batched forward
+        poses = np.repeat(self._poses[:, None], FRAMES_PER_STEP, axis=1)
+        if len(stepping):
+            normalized = np.stack([validate_action(actions[i]) for i in stepping])
+            poses[stepping] = self.model.normalizer.denormalize(normalized.astype(np.float64))
+        restarts = self._autoreset(finished)
         out = self.engine.step(poses, decoded_frames=self.observed_frames)  # one batched forward for every sub-env
         self._clips, self._poses = out.frames.copy(), poses[:, -1].copy()
         self._elapsed += 1
@@ -149,24 +187,24 @@ class PersistWorldVectorEnv(VectorEnv):
         rewards = batch_rewards(self.reward_fn, obs, infos)  # a success detector runs once for all sub-envs
         terminated = np.array([self._terminate_on_success and bool(info.get("success")) for info in infos])
         truncated = self._elapsed >= self.max_episode_steps
-        if len(finished):  # NEXT_STEP autoreset: these slots start over instead of stepping
-            for i, info in zip(finished, self._reset_slots(finished)):
+        if len(finished):
+            for i, info in zip(finished, self._restart(finished, restarts)):
                 infos[i] = info
             rewards[finished], terminated[finished], truncated[finished] = 0.0, False, False
             obs = self._observations()
         done = np.flatnonzero(terminated | truncated)
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and len(done):
-            final_obs = {k: v.copy() for k, v in obs.items()}
-            final_info = self._merge([infos[i] for i in done], done, self.num_envs)
-            for i, info in zip(done, self._reset_slots(done)):
-                infos[i] = {**info, "final_obs": {k: v[i] for k, v in final_obs.items()}}
-            obs = self._observations()
-            merged = self._merge(infos, range(self.num_envs), self.num_envs)
-            merged["final_info"], merged["_final_info"] = final_info, np.isin(np.arange(self.num_envs), done)
+            final = {i: ({k: v[i] for k, v in obs.items()}, infos[i]) for i in done}
+            for i, info in zip(done, self._restart(done, self._autoreset(done))):
+                infos[i] = info
+            obs, merged = self._observations(), {}
+            for i in range(self.num_envs):  # SyncVectorEnv's order: a finished sub-env's final obs and info first
+                if i in final:
+                    merged = self._add_info(merged, {"final_obs": final[i][0], "final_info": final[i][1]}, i)
+                merged = self._add_info(merged, infos[i], i)
             return obs, rewards, terminated, truncated, merged
-        else:
-            self._needs_reset = terminated | truncated
-        return obs, rewards, terminated, truncated, self._merge(infos, range(self.num_envs), self.num_envs)
+        self._needs_reset = terminated | truncated
+        return obs, rewards, terminated, truncated, self._merge(infos, range(self.num_envs))
 
     def close_extras(self, **kwargs) -> None:
         self.starts.close()

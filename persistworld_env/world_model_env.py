@@ -28,19 +28,44 @@ def goal_reward(obs: dict, info: dict) -> float:
     return -float(np.abs(latest - info["goal"].astype(np.float32)).mean() / 255.0)
 
 
+def check_reset_options(options: dict, starts: SimStarts | DatasetStarts, goal: bool = False) -> None:
+    """Reject reset options this env does not use (saying which and why) before a reset changes anything.
+
+    Valid: ``frames`` and ``pose`` (your own start, with an optional ``instruction``), else ``episode``
+    (dataset starts) or ``task`` (simulator starts); ``goal`` with ``reward="goal"`` (``goal=True``)."""
+    dataset, user = isinstance(starts, DatasetStarts), "frames" in options or "pose" in options
+    source = "your own start" if user else "dataset starts" if dataset else "simulator starts"
+    why = {}
+    for key in options:
+        if key == "goal" and not goal:
+            why[key] = "only used with reward='goal' (single env)"
+        elif key in ("episode", "task") and user:
+            why[key] = "not used with your own start ('frames' and 'pose')"
+        elif key == "episode" and not dataset:
+            why[key] = "needs a dataset: make the env with initial_state=<dataset path>"
+        elif key == "task" and dataset:
+            why[key] = "only used with simulator starts (initial_state='sim'); a dataset episode has its own task"
+        elif key == "instruction" and not user:
+            why[key] = "only used with your own start ('frames' and 'pose')"
+        elif key not in ("frames", "pose", "instruction", "episode", "task", "goal"):
+            why[key] = "unknown option"
+    if why:
+        reasons = "; ".join(f"{key!r}: {reason}" for key, reason in why.items())
+        raise ValueError(f"reset options not valid for {source}: {reasons}. Valid: "
+                         f"{'episode' if dataset else 'task'!r}, or 'frames' and 'pose' (your own start) with an "
+                         f"optional 'instruction'" + (", and 'goal'" if goal else ""))
+
+
 def resolve_start(starts: SimStarts | DatasetStarts, options: dict, seed: int, task: str | None,
                   height: int, width: int) -> StartState:
-    """The start an episode's reset options ask for; consumes the options it uses from ``options``."""
+    """The start an episode's reset options (checked by :func:`check_reset_options`) ask for; ``seed`` (the
+    episode seed) picks the scene of simulator starts and, without ``options["episode"]``, the dataset episode."""
     if "frames" in options or "pose" in options:
-        frames, pose = check_start(options.pop("frames", None), options.pop("pose", None), height, width)
-        return StartState(frames, pose, str(options.pop("instruction", "")), {"source": "user"})
+        frames, pose = check_start(options.get("frames"), options.get("pose"), height, width)
+        return StartState(frames, pose, str(options.get("instruction", "")), {"source": "user"})
     if isinstance(starts, DatasetStarts):
-        if "episode" not in options:
-            raise ValueError("dataset starts need reset(options={'episode': i})")
-        return starts.get(int(options.pop("episode")))
-    if "episode" in options:
-        raise ValueError("options['episode'] needs a dataset: make the env with initial_state=<dataset path>")
-    return starts.get(seed, options.pop("task", task))
+        return starts.get(int(options["episode"]) if "episode" in options else starts.draw(seed))
+    return starts.get(seed, options.get("task", task))
 
 
 def load_engine(model: Any, device: str, sampling_steps: int | None, guidance: float | None,
@@ -104,8 +129,8 @@ def batch_rewards(reward_fn: RewardFn | None, obs: dict, infos: list[dict]) -> n
 
 
 def step_info(instruction: str, start_info: dict, pose: np.ndarray) -> dict[str, Any]:
-    """The facts every step's ``info`` carries: the instruction, the episode's start facts (source, task,
-    seed, the target object's start position for simulator starts) and the raw 7-D pose reached (keys as
+    """The facts every reset's and step's ``info`` carries: the instruction, the episode's start facts (source,
+    task, seed, the target object's start position for simulator starts) and the raw 7-D pose reached (keys as
     in ``MiniDROID-Sim-v0``'s info, so one reward function serves both)."""
     raw_pose = np.asarray(pose, dtype=np.float32).copy()
     return {"instruction": instruction, **fresh_copy(start_info), "raw_pose": raw_pose}
@@ -146,7 +171,8 @@ class PersistWorldEnv(gym.Env):
         success_steps: steps in a row whose frames must count before the episode succeeds (None: the
             detector's own; see :class:`~persistworld_env.success.SuccessReward`).
         initial_state: ``"sim"`` (MiniDROID at the reset seed) or a LeRobot dataset path
-            (``reset(options={"episode": i})``).
+            (``reset(options={"episode": i})``; without it, e.g. at an autoreset, an episode drawn at random
+            from the env's RNG).
         task: MiniDROID task family for simulator starts (None: random).
         ground_truth: None or ``"sim"`` (step MiniDROID alongside and report fidelity in ``info``, with the
             simulator's own task verdict as ``info["ground_truth_success"]``: the detector's check, live).
@@ -163,12 +189,14 @@ class PersistWorldEnv(gym.Env):
             observation, up to float rounding. ``MiniDROID-Sim-v0`` takes the same argument, so the spaces
             still match.
 
-    Step ``info``: the instruction, the episode's start facts (``source``, and for simulator starts
+    Reset and step ``info``: the instruction, the episode's start facts (``source``, and for simulator starts
     ``task``, ``episode_seed`` and the target object's start ``target_position``), the raw 7-D ``raw_pose`` reached,
-    plus what the options above add (``success``, ``fidelity``, ``uncertainty``, ``step_seconds``).
+    plus (steps) what the options above add (``success``, ``fidelity``, ``uncertainty``, ``step_seconds``, a copy of
+    the ``goal`` images).
 
     Reset options: ``{"episode": i}`` (dataset starts), ``{"task": name}`` (simulator starts), or
-    ``{"frames": (3, H, W, 3) uint8, "pose": (7,) raw pose, "instruction": str}`` (your own start).
+    ``{"frames": (3, H, W, 3) uint8, "pose": (7,) raw pose, "instruction": str}`` (your own start), plus ``"goal"``
+    with ``reward="goal"``; others are rejected before anything changes.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": MODEL_FPS}
@@ -223,26 +251,26 @@ class PersistWorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
+        check_reset_options(options, self.starts, goal=self.reward_fn is goal_reward)
         episode_seed = int(self.np_random.integers(2**31 - 1))
-        goal = options.pop("goal", None)
+        goal = None
         if self.reward_fn is goal_reward:
-            if goal is None:
+            if "goal" not in options:
                 raise ValueError("reward='goal' needs reset(options={'goal': (3, H, W, 3) uint8 images})")
-            self._goal = check_views(goal, self.height, self.width, "goal images")
+            goal = check_views(options["goal"], self.height, self.width, "goal images").copy()
         start = self._start(episode_seed, options)
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; accepted: episode, task, frames, pose, "
-                             f"instruction")
         if self.ground_truth is not None and start.info.get("source") != "sim":
             raise ValueError("ground_truth='sim' needs simulator starts (initial_state='sim')")
+        # accepted: only now does the running episode end
         self.engine.reset(start.frames[None], start.pose[None], [start.instruction] if start.instruction else None,
                           seeds=[episode_seed])
+        self._goal = goal
         self._clip = np.repeat(start.frames[None], self.observed_frames, axis=0)
         self._pose, self._instruction, self._start_info = start.pose.astype(np.float32), start.instruction, start.info
         restart_reward(self.reward_fn)
         if self.ground_truth is not None:  # the very same scene as the model's start
             self.ground_truth.reset(options={"task": start.info["task"], "episode_seed": start.info["episode_seed"]})
-        return self._observation(), {"instruction": start.instruction, **fresh_copy(start.info)}
+        return self._observation(), step_info(start.instruction, start.info, start.pose)
 
     def step(self, action):
         if self._clip is None:
@@ -254,7 +282,7 @@ class PersistWorldEnv(gym.Env):
         self.last_step_seconds = time.perf_counter() - t0
         info = step_info(self._instruction, self._start_info, poses[-1])
         if self._goal is not None:
-            info["goal"] = self._goal
+            info["goal"] = self._goal.copy()
         if out.alternatives is not None:  # (K + 1, F, V, H, W, 3) -> per camera std over samples
             spread = np.concatenate([out.frames[0][None], out.alternatives[0]]).astype(np.float32).std(axis=0) / 255.0
             info["uncertainty"] = dict(zip(CAMERAS, spread.mean(axis=(0, 2, 3, 4)).tolist()))

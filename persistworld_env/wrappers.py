@@ -41,8 +41,9 @@ class DeltaPoseAction(gym.ActionWrapper):
     """Relative end-effector actions: (4, 7) in [-1, 1] -> the env's absolute normalised poses.
 
     Dimensions 0-5 of frame k move the end effector by ``action * max_delta`` (m, rad) from the pose
-    reached at frame k-1 (the current pose for k = 0); dimension 6 is the absolute gripper command
-    mapped from [-1, 1] to [0, 1] (0 open). Absolute targets are clipped to the env's pose bounds.
+    reached at frame k-1 (for k = 0 the current pose: at reset the env's raw ``info["raw_pose"]``, which the
+    observed pose clips to the bounds); dimension 6 is the absolute gripper command mapped from [-1, 1] to
+    [0, 1] (0 open). Absolute targets are clipped to the env's pose bounds.
     """
 
     def __init__(self, env: gym.Env, max_delta: tuple[float, ...] = (0.03, 0.03, 0.03, 0.05, 0.05, 0.1)) -> None:
@@ -58,7 +59,10 @@ class DeltaPoseAction(gym.ActionWrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._pose = self.normalizer.denormalize(np.asarray(obs[POSE_KEY], dtype=np.float64))
+        if "raw_pose" not in info:  # the observed pose is clipped to the bounds, and a start may lie outside them
+            raise ValueError("DeltaPoseAction needs the env's reset info to report the raw 7-D pose as "
+                           "info['raw_pose'] (PersistWorld-DROID-v0 and MiniDROID-Sim-v0 do)")
+        self._pose = np.asarray(info["raw_pose"], dtype=np.float64).copy()
         return obs, info
 
     def action(self, action):

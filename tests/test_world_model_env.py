@@ -86,8 +86,8 @@ def test_dataset_starts(model_dir, tmp_path):
     assert info["source"] == "dataset" and info["episode"] == 0
     with pytest.raises(ValueError, match="not in"):
         env.reset(options={"episode": 5})
-    with pytest.raises(ValueError, match="episode"):
-        env.reset()
+    _, first = env.reset(seed=3)  # no episode given (as at an autoreset): one drawn from the env's RNG
+    assert first["source"] == "dataset" and env.reset(seed=3)[1]["episode"] == first["episode"] == 0
     env.close()
 
 
@@ -106,7 +106,7 @@ def test_bad_actions_leave_state_unchanged(env, bad, match):
 def test_step_before_reset_unknown_options_and_close(env):
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.zeros((4, 7), np.float32))
-    with pytest.raises(ValueError, match="unknown reset options"):
+    with pytest.raises(ValueError, match="'colour': unknown option"):
         env.reset(options={"colour": "red"})
     with pytest.raises(ValueError, match="dataset"):
         env.reset(options={"episode": 0})
@@ -198,8 +198,9 @@ def test_sb3_wrappers_and_vecenv(model_dir):
     pose0 = env._pose.copy()
     zero = np.zeros((4, 7), np.float32)
     zero[:, 6] = -1.0  # keep the gripper open
-    target = env.action(zero)  # no motion: stay at the current pose
-    np.testing.assert_allclose(env.normalizer.denormalize(target[-1])[:6], pose0[:6], atol=1e-5)
+    target = env.action(zero)  # no motion: stay at the current pose (as far as the pose bounds allow)
+    np.testing.assert_allclose(env.normalizer.denormalize(target[-1])[:6],
+                               np.clip(pose0, env.normalizer.low, env.normalizer.high)[:6], atol=1e-5)
     env.close()
 
     venv = SB3VecEnv(num_envs=2, model=str(model_dir), sampling_steps=2, max_episode_steps=1)
@@ -313,3 +314,162 @@ def test_observed_frames_are_the_last_frames_of_each_step(model_dir):
             PersistWorldEnv(model=str(model_dir), observed_frames=bad)
     for env in (whole, latest, sim, truth, venv4, venv2):
         env.close()
+
+
+def test_reset_options_are_checked_for_the_start_source(model_dir, sim_dataset):
+    """One helper for both envs: it names each option this start source does not use, and why."""
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=1)
+    with pytest.raises(ValueError, match="'instruction': only used with your own start") as error:
+        env.reset(seed=0, options={"instruction": "pick up the red cube"})
+    assert "'episode'" not in str(error.value)  # the valid options listed are this start source's
+    data = PersistWorldEnv(model=str(model_dir), sampling_steps=1, initial_state=str(sim_dataset))
+    with pytest.raises(ValueError, match="'task': only used with simulator starts") as error:
+        data.reset(seed=0, options={"episode": 0, "task": "pick"})
+    assert "Valid: 'episode'" in str(error.value)
+    venv = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=1)
+    with pytest.raises(ValueError, match="'goal': only used with reward='goal'"):
+        venv.reset(seed=0, options={"goal": np.zeros((3, H, W, 3), np.uint8)})
+    for e in (env, data, venv):
+        e.close()
+
+
+def test_rejected_single_env_reset_keeps_the_episode_and_its_goal(model_dir):
+    env = PersistWorldEnv(model=str(model_dir), sampling_steps=1, reward="goal")
+    goal = np.zeros((3, H, W, 3), np.uint8)
+    env.reset(seed=0, options={"goal": goal})
+    with pytest.raises(ValueError, match="'bogus'"):
+        env.reset(options={"goal": np.full_like(goal, 255), "bogus": 1})
+    goal[:] = 9  # the env keeps its own copy of the user's images
+    *_, info = env.step(np.zeros((4, 7), np.float32))
+    assert info["goal"].max() == 0
+    info["goal"][:] = 7  # and hands out copies
+    assert env.step(np.zeros((4, 7), np.float32))[-1]["goal"].max() == 0
+    env.close()
+
+
+@pytest.mark.parametrize("autoreset", ["next_step", "same_step"])
+def test_vector_autoreset_of_dataset_starts_draws_an_episode(model_dir, sim_dataset, autoreset):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    venv = PersistWorldVectorEnv(1, model=str(model_dir), sampling_steps=1, initial_state=str(sim_dataset),
+                                 max_episode_steps=1, autoreset=autoreset)
+    venv.reset(seed=0, options={"episode": 1})
+    for _ in range(2):  # next_step: the second step resets the sub-env
+        _, _, _, trunc, info = venv.step(np.zeros((1, 4, 7), np.float32))
+        assert info["source"][0] == "dataset" and info["episode"][0] in (0, 1, 2)
+    assert trunc.all() == (autoreset == "same_step")
+    venv.close()
+
+
+def test_vector_autoreset_resolves_starts_before_stepping(model_dir, monkeypatch):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    venv = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=1, max_episode_steps=1)
+    venv.reset(seed=0)
+    venv.step(np.zeros((2, 4, 7), np.float32))
+    elapsed, history = venv._elapsed.copy(), venv.engine._histories[0].length
+
+    def broken(*args, **kwargs):
+        raise OSError("start unavailable")
+
+    monkeypatch.setattr(venv.starts, "get", broken)
+    with pytest.raises(OSError):
+        venv.step(np.zeros((2, 4, 7), np.float32))
+    np.testing.assert_array_equal(venv._elapsed, elapsed)  # nothing half-stepped
+    assert venv.engine._histories[0].length == history
+    venv.close()
+
+
+def test_vector_reset_continues_rngs_and_a_rejected_reset_changes_nothing(model_dir):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    def episode_seeds(reject: bool) -> list[int]:
+        venv = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=1)
+        venv.reset(seed=0)
+        if reject:
+            with pytest.raises(ValueError, match="unknown option"):
+                venv.reset(seed=7, options={"bogus": 1})
+        seeds = venv.reset()[1]["episode_seed"].tolist()  # no seed: each sub-env's RNG goes on
+        venv.close()
+        return seeds
+
+    assert episode_seeds(False) == episode_seeds(False) == episode_seeds(True)
+    fresh = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=1)
+    with pytest.raises(ValueError, match="unknown option"):
+        fresh.reset(options={"bogus": 1})
+    assert fresh.engine.batch_size == 0
+    with pytest.raises(RuntimeError, match="before reset"):
+        fresh.step(np.zeros((2, 4, 7), np.float32))
+    a, _ = fresh.reset(seed=np.int64(3))  # a NumPy integer seeds like an int
+    b, _ = fresh.reset(seed=3)
+    np.testing.assert_array_equal(a[CAMERAS[0]], b[CAMERAS[0]])
+    fresh.close()
+
+
+def test_vector_next_step_autoreset_ignores_the_actions_of_resetting_sub_envs(model_dir):
+    from persistworld_env.vector_env import PersistWorldVectorEnv
+
+    venv = PersistWorldVectorEnv(2, model=str(model_dir), sampling_steps=1, max_episode_steps=1)
+    venv.reset(seed=0)
+    assert venv.step(np.zeros((2, 4, 7), np.float32))[3].all()
+    _, reward, _, trunc, info = venv.step(np.full((2, 4, 7), np.nan, np.float32))  # both only reset
+    assert not trunc.any() and (reward == 0).all() and info["_source"].all()
+    venv.close()
+
+
+def test_vector_infos_have_the_layout_of_the_sync_vector_env(model_dir):
+    from gymnasium.vector import AutoresetMode
+
+    def layout(info: dict) -> dict:
+        return {k: layout(v) if isinstance(v, dict) else (v.dtype, v.shape) for k, v in info.items()}
+
+    kwargs = dict(num_envs=2, model=str(model_dir), sampling_steps=1, max_episode_steps=1)
+    ours = gym.make_vec("PersistWorld-DROID-v0", vectorization_mode="vector_entry_point", autoreset="same_step",
+                        **kwargs)
+    sync = gym.make_vec("PersistWorld-DROID-v0", vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs)
+    (_, ours_reset), (_, sync_reset) = ours.reset(seed=0), sync.reset(seed=0)
+    assert layout(ours_reset) == layout(sync_reset) and ours_reset["raw_pose"].shape == (2, 7)
+    actions = np.zeros((2, 4, 7), np.float32)
+    ours_step, sync_step = ours.step(actions)[-1], sync.step(actions)[-1]
+    assert layout(ours_step) == layout(sync_step)  # final_obs, final_info (nested) and the reset infos
+    assert ours_step["final_info"]["raw_pose"].dtype == np.float32 and ours_step["final_obs"][0]["pose"].shape == (7,)
+    np.testing.assert_array_equal(ours_step["episode_seed"], sync_step["episode_seed"])
+    ours.close()
+    sync.close()
+
+
+def test_sb3_vecenv_passes_reset_options_and_infos_like_dummy_vec_env(model_dir):
+    from persistworld_env.sb3 import SB3VecEnv
+
+    venv = SB3VecEnv(num_envs=2, model=str(model_dir), sampling_steps=1, max_episode_steps=2)
+    venv.seed(0)
+    venv.set_options([{"task": "push"}, {"task": "pick"}])
+    venv.reset()
+    assert [info["task"] for info in venv.reset_infos] == ["push", "pick"]
+    assert venv._options == [{}, {}] and venv._seeds == [None, None]  # used once
+    _, _, dones, infos = venv.step(np.zeros((2, 4, 7), np.float32))
+    assert not dones.any() and [info["task"] for info in infos] == ["push", "pick"]
+    assert infos[0]["instruction"] and infos[0]["raw_pose"].shape == (7,) and not infos[0]["TimeLimit.truncated"]
+    first_seeds = [info["episode_seed"] for info in venv.reset_infos]
+    _, _, dones, infos = venv.step(np.zeros((2, 4, 7), np.float32))
+    assert dones.all() and infos[1]["task"] == "pick" and infos[1]["TimeLimit.truncated"]  # the finished episode's
+    assert infos[1]["terminal_observation"][CAMERAS[0]].shape == (3, H, W)
+    assert [info["episode_seed"] for info in venv.reset_infos] != first_seeds  # the new episodes'
+    venv.close()
+
+
+def test_delta_pose_action_starts_from_the_raw_pose_outside_the_bounds():
+    from persistworld_env.sim.env import MiniDROIDSimEnv
+    from persistworld_env.wrappers import DeltaPoseAction
+
+    env = DeltaPoseAction(MiniDROIDSimEnv(H, W))
+    obs, info = env.reset(seed=2)  # this scene's start height lies above the pose bounds
+    assert obs["pose"][2] == 1.0 and info["raw_pose"][2] > env.normalizer.high[2]
+    down = np.zeros((4, 7), np.float32)
+    down[0, 2], down[:, 6] = -1.0, -1.0
+    target = env.normalizer.denormalize(env.action(down)[0].astype(np.float64))
+    assert target[2] == pytest.approx(info["raw_pose"][2] - env.max_delta[2], abs=1e-5)
+    env.close()

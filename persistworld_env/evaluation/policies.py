@@ -41,6 +41,7 @@ from persistworld_env.constants import (
 )
 from persistworld_env.data.stats import PoseNormalizer
 from persistworld_env.spaces import POSE_KEY
+from persistworld_env.vector_env import slot_entries
 
 
 class Policy(Protocol):
@@ -417,19 +418,6 @@ def step_success(info: Mapping[str, Any], terminated: np.ndarray) -> np.ndarray:
     reported = np.asarray(info.get("_success", np.ones(len(terminated), bool)), dtype=bool)
     values = np.array([bool(v) if v is not None else False for v in np.asarray(info["success"], dtype=object)])
     return np.where(reported, values, terminated)
-
-
-def slot_entries(tree: Mapping[str, Any], i: int) -> dict[str, Any]:
-    """Sub-env ``i``'s entries of a vector observation or info dict (masked keys only where reported)."""
-    out = {}
-    for key, value in tree.items():
-        if key.startswith("_"):
-            continue
-        mask = tree.get("_" + key)
-        if mask is not None and not mask[i]:
-            continue
-        out[key] = value[i] if isinstance(value, np.ndarray) else value
-    return out
 
 
 def run_policy(venv, spec: PolicySpec, seeds: Sequence[int], max_steps: int, normalizer: PoseNormalizer,

@@ -88,7 +88,7 @@ def collect_success_frames(venv, spec, seeds: Sequence[int], max_steps: int, pro
     with no termination, ``venv.num_envs`` episodes at a time) and in MiniDROID on the same actions."""
     from tqdm.auto import tqdm
 
-    from persistworld_env.evaluation.policies import slot_entries
+    from persistworld_env.vector_env import slot_entries
     from persistworld_env.sim.env import MiniDROIDSimEnv
 
     n = venv.num_envs
