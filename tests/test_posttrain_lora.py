@@ -259,3 +259,27 @@ def test_old_policy_is_not_merged_under_16_bit_autocast():
         trained = _predict(d, args, kwargs)
         with policy.old(merged=True):
             assert torch.equal(_predict(d, args, kwargs), trained)  # the same computation, not merged weights
+
+
+def test_posttrain_samples_the_old_policy_with_autocast_entered_first():
+    """posttrain's group collection: the old policy judges on entering whether merging is exact, so autocast must
+    already be on; with old == trained it then predicts exactly what the trained one does under bfloat16."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from training.posttrain import sampling_as_old
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+        d = _model().denoiser
+        args, kwargs = _inputs()
+        policy = PolicyWeights(d, lora_root=d.unet, fully_trained=[d.action_encoder], lora_rank=4)
+        _perturb(policy.trainable_parameters(), 1)
+        policy.update_old(0.0)  # old := trained
+        with accelerator.autocast():
+            trained = _predict(d, args, kwargs)
+        with sampling_as_old(accelerator, policy):
+            assert torch.equal(_predict(d, args, kwargs), trained)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -65,3 +65,25 @@ def test_two_process_cpu_run_with_torchrun(tiny_dataset, tmp_path):
     assert json.loads((out / "summary.json").read_text())["processes"] == 2
     assert (out / "checkpoints" / "checkpoint-00000002" / "random_states_1.pkl").is_file()
     WorldModel.from_pretrained(out / "model")
+
+
+def test_a_non_finite_last_step_is_skipped_and_still_checkpointed(tiny_dataset, tmp_path, monkeypatch):
+    import json
+
+    import persistworld_env.models.objective as objective
+
+    real, calls = objective.edm_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(objective, "edm_loss", poisoned)
+    summary = pretrain(_config(tiny_dataset, tmp_path, steps=2, checkpoint_every=100, eval_every=100))
+    assert summary["step"] == 2 and summary["bad_steps"] == 1
+    assert summary["validation"]  # the last step's validation ran
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-00000002" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["bad_steps"] == 1
+    weights = WorldModel.from_pretrained(tmp_path / "model").denoiser.state_dict().values()
+    assert all(torch.isfinite(v).all() for v in weights)

@@ -165,3 +165,29 @@ def test_pixel_loss_adds_one_minus_ssim_as_scikit_image_computes_it():
     assert float(pixel_loss(exact, exact, 0.0, 2.0)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         DecoderTuneConfig(model="m", data_dir="d", out_dir="o", ssim_weight=-1).validate()
+
+
+def test_two_process_cpu_run_with_torchrun(sim_dataset, model_dir, tmp_path):
+    """Under 2 processes (gloo on the CPU) accelerate wraps what it prepares in DDP: decoding must be its forward."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from training.tune_decoder import _save_pairs, collect_pairs
+
+    out = tmp_path / "ddp"
+    _save_pairs(out / PAIRS_FILE, collect_pairs(WorldModel.from_pretrained(model_dir),
+                                                _config(model_dir, sim_dataset, out)))  # collected once, here
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "training.cli", "tune-decoder", "--model", model_dir,
+           "--data", str(sim_dataset), "--out", str(out), "--episodes", "2", "--horizon", "2", "--val-every", "2",
+           "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--checkpoint-every", "2", "--num-threads", "1",
+           "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = load_file(out / "checkpoints" / "checkpoint-00000002" / "model.safetensors")
+    keys = {k.removeprefix("module.") for k in saved}
+    assert keys == set(WorldModel.from_pretrained(model_dir).autoencoder.state_dict())  # the autoencoder's keys
+    WorldModel.from_pretrained(out / "model")

@@ -6,8 +6,8 @@ plus ``trainer_state.json`` (step and the run's config). It is written under a `
 renamed when complete, so an interrupted save never replaces a good checkpoint.
 
 Also the other pieces every trainer's run shares: :func:`start_run`, :func:`main_process_writer`
-(TensorBoard), :func:`all_finite` (the collective NaN/inf guard), :func:`warmup_cosine` (an LR factor)
-and :func:`optimizer_step`.
+(TensorBoard), :func:`all_finite` (the collective NaN/inf guard), :func:`clip_gradients`,
+:func:`finite_step` (an optimizer step guarded by it), :func:`warmup_cosine` (an LR factor) and :func:`optimizer_step`.
 """
 from __future__ import annotations
 
@@ -130,8 +130,31 @@ def all_finite(accelerator, *values) -> bool:
     """
     import torch
 
-    ok = all(bool(torch.isfinite(torch.as_tensor(v).detach()).all()) for v in values)
-    return accelerator.reduce(torch.tensor([float(ok)], device=accelerator.device), "min").item() > 0
+    bad = 0.0 if all(bool(torch.isfinite(torch.as_tensor(v).detach()).all()) for v in values) else 1.0
+    # accelerate's reduce has no "min" (it sums instead): the largest "bad" flag is the verdict.
+    return accelerator.reduce(torch.tensor([bad], device=accelerator.device), "max").item() == 0
+
+
+def clip_gradients(accelerator, parameters, grad_clip: float):
+    """Clip the gradients of ``parameters`` to the norm ``grad_clip`` (0: off); returns their norm before."""
+    import math
+
+    return accelerator.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf)
+
+
+def finite_step(accelerator, optimizer, *values) -> bool:
+    """The optimizer's step if every value (loss, gradient norm) is finite on every process, else none (a
+    collective decision, :func:`all_finite`); returns whether it stepped.
+
+    Call it after :func:`clip_gradients`: a skipped step still updates fp16's gradient scaler, which unscaled
+    the gradients there (it then lowers the loss scale; without the update its next unscale would fail).
+    """
+    if all_finite(accelerator, *values):
+        optimizer.step()
+        return True
+    if accelerator.scaler is not None:
+        accelerator.scaler.update()
+    return False
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True):

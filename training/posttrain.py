@@ -50,17 +50,18 @@ import math
 import shlex
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from persistworld_env.diffusion.edm import EDMConfig
 from persistworld_env.success import carry_success_detector
-from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
+from training.checkpoints import (clip_gradients, finite_step, main_process_writer, resume_checkpoint, save_checkpoint,
+                                  start_run)
 
 if TYPE_CHECKING:
     from persistworld_env.rewards import GroupScores
@@ -248,6 +249,14 @@ def optimality_per_sample(samples, config: PosttrainConfig, cameras: Sequence[st
     return r[candidate], torch.tensor([cameras_weights[c] for c in cameras], dtype=torch.float32)
 
 
+@contextmanager
+def sampling_as_old(accelerator, policy) -> Iterator[None]:
+    """The old policy under the run's autocast, for collecting a group. Autocast is entered first: the old policy
+    merges its adapters into the weights only where that is exact, which it judges on entering."""
+    with accelerator.autocast(), policy.old(merged=True):
+        yield
+
+
 def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor, config: PosttrainConfig,
                          generator: torch.Generator, view_weights: torch.Tensor | None = None,
                          edm: EDMConfig = EDMConfig()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +286,7 @@ def accumulate_gradients(accelerator, trained, policy, samples, r: torch.Tensor,
             accelerator.backward(terms.total.sum() / n)
         sums += torch.stack([t.detach().double().sum().cpu() for t in
                              (terms.total, terms.positive, terms.negative, terms.reference)])
-    return sums / n, accelerator.clip_grad_norm_(policy.trainable_parameters(), config.grad_clip)
+    return sums / n, clip_gradients(accelerator, policy.trainable_parameters(), config.grad_clip)
 
 
 def _mean_figures(figures: list[dict[str, float]]) -> dict[str, float]:
@@ -366,7 +375,7 @@ def posttrain(config: PosttrainConfig) -> dict:
         rng, seeds = group_rng(config, group)
         spec = draw_group(rng, truth.available, config.max_prefix, config.max_clips)
         episode = truth.episode(spec.episode, spec.start + spec.steps, rng).window(spec.start, spec.steps)
-        with policy.old(merged=True), accelerator.autocast():
+        with sampling_as_old(accelerator, policy):
             samples = collect_group(engine, episode, spec, seeds, scorer, candidate_sampler=candidate_sampler)
         if config.permute_rewards:
             permute_candidates(samples.scores, np.random.default_rng(_seed(config, group, 3)))
@@ -377,8 +386,7 @@ def posttrain(config: PosttrainConfig) -> dict:
         gen = torch.Generator(device=dev).manual_seed(int(_seed(config, step, rank, 2).generate_state(1)[0]))
         means, grad_norm = accumulate_gradients(accelerator, trained, policy, samples, r, config, gen, view_weights,
                                                 edm)
-        if all_finite(accelerator, means, grad_norm):
-            optimizer.step()
+        if finite_step(accelerator, optimizer, means, grad_norm):
             policy.update_old(old_decay(step + 1, config.old_decay_rate, config.old_decay_max))
             policy.update_average()
         else:
@@ -472,7 +480,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "average_decay": "EMA decay of a running average of the trained weights, exported as the model "
                               "instead of the last weights (0 = off)",
              "micro_batch": "samples per forward/backward (gradients accumulate over the group)",
-             "lora_rank": "LoRA adapter rank", "eval_steps": "replay steps of the validation videos",
+             "lora_rank": "LoRA adapter rank", "grad_clip": "max gradient norm, 0 = off",
+             "eval_steps": "replay steps of the validation videos",
              "checkpoint_every": "steps between checkpoints", "eval_every": "steps between validation videos"}
     for name in ("beta", "adv_clip", "ref_weight", "lr", "weight_decay", "grad_clip", "old_decay_rate",
                  "old_decay_max", "average_decay"):

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from persistworld_env.success import carry_success_detector
-from training.checkpoints import all_finite, main_process_writer, resume_checkpoint, save_checkpoint, start_run
+from training.checkpoints import (clip_gradients, finite_step, main_process_writer, resume_checkpoint, save_checkpoint,
+                                  start_run)
 
 
 @dataclass
@@ -230,18 +231,15 @@ def pretrain(config: PretrainConfig) -> dict:
         with accelerator.autocast():
             loss = edm_loss(denoiser, latents, batch["pose"].to(accelerator.device), batch["instruction"],
                             noise=noise, generator=gen)
-        if not all_finite(accelerator, loss):
-            bad_steps += 1
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.print(f"step {step}: non-finite loss, skipped ({bad_steps} so far)")
-            step += 1
-            continue
         accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = clip_gradients(accelerator, denoiser.parameters(), config.grad_clip)
+        if finite_step(accelerator, optimizer, loss, grad_norm):
+            scheduler.step()
+            ema.step(raw.parameters())
+        else:
+            bad_steps += 1
+            accelerator.print(f"step {step}: non-finite loss or gradient, skipped ({bad_steps} so far)")
         optimizer.zero_grad(set_to_none=True)
-        ema.step(raw.parameters())
         step += 1
         bar.update(1)
         if writer is not None and step % config.log_every == 0:
@@ -322,8 +320,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "keep_checkpoints", "eval_every",
                  "eval_samples", "log_every", "val_mod", "val_rem", "seed"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip", "ema_decay"):
+    for name in ("lr", "weight_decay", "ema_decay"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                        help="max gradient norm, 0 = off (default: %(default)s)")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "fp16", "bf16"])
     parser.add_argument("--val-episodes", type=int, nargs="*", default=None, help="explicit validation episodes")
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")

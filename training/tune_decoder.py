@@ -182,6 +182,36 @@ def decoded_output(vae: torch.nn.Module, latents: torch.Tensor, reference: torch
     return relative_decoding(out, reference_decoded, reference - reference_decoded, weights, gate_tau)
 
 
+class RelativeDecoder(torch.nn.Module):
+    """``forward(...)`` is :func:`decoded_output` of the autoencoder, so ``accelerate``/DDP sees one forward call
+    (a DDP wrapper has no ``decode``, and would not synchronise the gradients of one).
+
+    Its state dict is the autoencoder's, without a ``vae.`` prefix: checkpoints hold the same keys as before.
+    """
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+        self.register_state_dict_post_hook(_without_vae_prefix)
+        self.register_load_state_dict_pre_hook(_with_vae_prefix)
+
+    def forward(self, latents: torch.Tensor, reference: torch.Tensor, reference_latent: torch.Tensor,
+                reference_weights: torch.Tensor, scaling: float, shift: float = 0.0,
+                gate_tau: torch.Tensor | None = None) -> torch.Tensor:
+        return decoded_output(self.vae, latents, reference, reference_latent, reference_weights, scaling, shift,
+                              gate_tau)
+
+
+def _without_vae_prefix(module, state_dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "vae.")]:
+        state_dict[prefix + key[len(prefix + "vae."):]] = state_dict.pop(key)
+
+
+def _with_vae_prefix(module, state_dict, prefix: str, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "vae.")]:
+        state_dict[prefix + "vae." + key[len(prefix):]] = state_dict.pop(key)
+
+
 def pixel_loss(output: torch.Tensor, truth: torch.Tensor, l1_weight: float, ssim_weight: float = 0.0) -> torch.Tensor:
     """MSE (+ ``l1_weight`` x L1, + ``ssim_weight`` x (1 - SSIM) on the [0, 1] scale, per image and channel) of
     float images ``(..., 3, H, W)`` in [-1, 1]."""
@@ -260,8 +290,8 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
     trainable = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
-    vae, optimizer, scheduler = accelerator.prepare(vae, optimizer, scheduler)
-    net = accelerator.unwrap_model(vae)
+    decoder, optimizer, scheduler = accelerator.prepare(RelativeDecoder(vae), optimizer, scheduler)
+    net = accelerator.unwrap_model(decoder).vae
     best = BestDecoder()
     accelerator.register_for_checkpointing(best)
     device, cameras = accelerator.device, model.config.cameras
@@ -317,7 +347,7 @@ def tune_decoder(config: DecoderTuneConfig) -> dict[str, Any]:
         relative_rows = ~use_real if config.real_decoding == "plain" else np.ones_like(use_real)
         relative = weights_at(rows, frames) * torch.from_numpy(relative_rows.astype(np.float32)).to(device)[:, None]
         with accelerator.autocast():
-            output = decoded_output(vae, z, ref, zref, relative, scaling, shift, gate)
+            output = decoder(z, ref, zref, relative, scaling, shift, gate)
         loss = pixel_loss(output, truth, config.l1_weight, config.ssim_weight)
         optimizer_step(accelerator, loss, trainable, optimizer, scheduler, config.grad_clip)
         step += 1
