@@ -28,8 +28,9 @@ def one_step_fidelity(model: WorldModel, dataset: WorldModelDataset, indices: Se
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(video.shape[0])]
         clip = sample_clip(model.denoiser, latents[:, :nh], latents[:, nh], tokens, sampler, gens)
         pose = batch["pose_raw"]  # (B, 11, 7): the new frames' poses against the current (reference) frame's
+        skip = batch["future_skip"]  # the new frames lie skip, 2 skip, ... model frames after the reference
         generated = model.decode(clip[:, 1:], model.reference_correction(video[:, nh], latents[:, nh]),
-                                 pose_change=pose[:, nh + 1:] - pose[:, nh:nh + 1])
+                                 first_frame=skip, pose_change=pose[:, nh + 1:] - pose[:, nh:nh + 1], frame_step=skip)
         truth = video[:, nh + 1:]
         repeat = np.repeat(video[:, nh:nh + 1], truth.shape[1], axis=1)
         scores["psnr"].append(psnr(generated, truth).mean(1))  # (B, V)

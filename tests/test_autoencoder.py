@@ -120,6 +120,17 @@ def test_missing_or_corrupt_weights_raise_clear_errors(tmp_path):
         load_autoencoder(folder)
 
 
+def test_a_world_model_directory_gives_its_autoencoder(tmp_path):
+    from persistworld_env.models.autoencoder import resolve_autoencoder_dir
+    from persistworld_env.models.world_model import embedded_model_dir
+
+    embedded = embedded_model_dir("default")
+    assert resolve_autoencoder_dir(embedded) == embedded / "autoencoder"
+    assert resolve_autoencoder_dir(embedded / "autoencoder") == embedded / "autoencoder"
+    (tmp_path / "config.json").write_text("{}")  # neither a diffusers config nor a folder holding one: read as given
+    assert resolve_autoencoder_dir(tmp_path) == tmp_path
+
+
 def test_ctrl_world_temporal_vae_loads_from_svd_folder(tmp_path):
     from diffusers import AutoencoderKLTemporalDecoder
 

@@ -89,3 +89,20 @@ def test_every_benchmark_records_the_machine_it_ran_on(monkeypatch, tmp_path):
                        "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
     assert bench.cpu_model_name(cpuinfo) == "AMD EPYC 7B13"
     assert bench.cpu_model_name(tmp_path / "missing") == (platform.processor() or platform.machine() or "unknown")
+
+
+def test_bench_posttrain_resolves_auto_for_the_device_it_runs_on(monkeypatch):
+    """It trains on the GPU when there is one, so "auto" follows the GPU, not the host CPU's units."""
+    import argparse
+
+    import training.bench as bench
+
+    monkeypatch.setattr(bench, "bench_posttrain", lambda model, mixed_precision: {"mixed_precision": mixed_precision})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU of compute capability 9")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    args = argparse.Namespace(model="default", dtype="auto", json=True)
+    assert bench.run_benchmark("posttrain", args)["mixed_precision"] == "bf16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert bench.run_benchmark("posttrain", args)["mixed_precision"] == "no"

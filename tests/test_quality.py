@@ -97,3 +97,20 @@ def test_quality_command_runs_in_bfloat16_and_says_so(sim_dataset, model_dir, tm
     saved = json.loads((out / "quality.json").read_text())
     assert saved["dtype"] == "bfloat16" and all(np.isfinite(v) for v in saved["vae_psnr"].values())
     assert "(bfloat16)" in capsys.readouterr().out
+
+
+def test_one_step_fidelity_fades_the_reference_by_each_new_frames_distance(sim_dataset, monkeypatch):
+    """A clip sampled at future skip 2 has its new frames 2, 4, 6 and 8 model frames after the current one."""
+    from persistworld_env.constants import CAMERAS
+    from persistworld_env.data.dataset import SamplingConfig, WorldModelDataset
+    from persistworld_env.quality import one_step_fidelity
+
+    torch.manual_seed(0)
+    model = WorldModel.build("tiny", default_pose_normalizer(), height=24, width=40, reference_cameras=CAMERAS,
+                             reference_decay={"wrist_left": 0.5})
+    data = WorldModelDataset(sim_dataset, "all", normalizer=model.normalizer, sampling=SamplingConfig(fixed_skip=2))
+    seen = []
+    real_weights = model.reference_weights
+    monkeypatch.setattr(model, "reference_weights", lambda k, *a: seen.append(k.clone()) or real_weights(k, *a))
+    one_step_fidelity(model, data, [0, 5])
+    assert seen and all((k == torch.tensor([2, 4, 6, 8])).all() for k in seen)

@@ -1,6 +1,8 @@
 """World model: denoiser routing, objective, sampler, rollout engine, save/load, Ctrl-World checkpoints."""
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -322,6 +324,22 @@ def test_corrupt_or_missing_model_directory(model, tmp_path):
     weights = d / "denoiser.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match="denoiser.safetensors"):
+        WorldModel.from_pretrained(d)
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("config.json", lambda c: {k: v for k, v in c.items() if k != "denoiser"}),  # a field missing
+    ("config.json", lambda c: {**c, "from_a_newer_version": 1}),                # a field unknown
+    ("config.json", lambda c: [1, 2]),                                            # not an object
+    ("config.json", lambda c: {**c, "sampler": {**c["sampler"], "eta": 0.5}}),    # a nested field unknown
+    ("normalization.json", lambda n: {k: v for k, v in n.items() if k != "low"}),
+    ("normalization.json", lambda n: {**n, "low": n["low"][:6]}),
+])
+def test_a_damaged_config_or_normalisation_file_names_itself(model, tmp_path, name, edit):
+    """Valid JSON with the wrong content is a ModelLoadError naming the file (what callers like the demo catch)."""
+    d = model.save_pretrained(tmp_path / "m")
+    (d / name).write_text(json.dumps(edit(json.loads((d / name).read_text()))))
+    with pytest.raises(ModelLoadError, match=f"{d / name} is not a valid"):
         WorldModel.from_pretrained(d)
 
 

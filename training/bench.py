@@ -335,7 +335,9 @@ def run_benchmark(target: str, args: argparse.Namespace) -> dict:
     elif target == "env":
         figures = bench_env(args.model, dtype=args.dtype or AUTO_DTYPE, observed_frames=args.observed_frames)
     elif target == "posttrain":
-        precision = dtype_name(args.dtype) if args.dtype else "float32"
+        import torch  # bench_posttrain runs where accelerate puts it: the GPU if there is one
+
+        precision = dtype_name(args.dtype, "cuda" if torch.cuda.is_available() else "cpu") if args.dtype else "float32"
         figures = bench_posttrain(args.model, mixed_precision=MIXED_PRECISION[precision])
     else:
         raise ValueError(f"unknown benchmark {target!r}")

@@ -116,14 +116,27 @@ def build_autoencoder(scale: str = "default", **overrides: Any) -> nn.Module:
 
 
 def resolve_autoencoder_dir(path: str | os.PathLike) -> Path:
-    """The folder holding the autoencoder's ``config.json``: ``path`` itself or ``path/vae`` (SVD layout)."""
+    """The folder holding the autoencoder's diffusers ``config.json``: ``path`` itself, ``path/vae`` (SVD layout) or
+    ``path/autoencoder`` (a world-model directory)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"autoencoder path does not exist: {path}")
-    for candidate in (path, path / "vae"):
-        if (candidate / CONFIG_NAME).is_file():
+    candidates = (path, path / "vae", path / "autoencoder")
+    for candidate in candidates:
+        if (candidate / CONFIG_NAME).is_file() and _is_diffusers_config(candidate / CONFIG_NAME):
             return candidate
-    raise ModelLoadError(f"no autoencoder {CONFIG_NAME} in {path} (nor in {path / 'vae'})")
+    if (path / CONFIG_NAME).is_file():  # not a diffusers config, and no autoencoder folder: say what was read
+        return path
+    raise ModelLoadError(f"no autoencoder {CONFIG_NAME} in {path} (nor in {path / 'vae'} or {path / 'autoencoder'})")
+
+
+def _is_diffusers_config(path: Path) -> bool:
+    """Whether ``path`` is a diffusers model config (it names its class); unreadable files count as one, so the
+    loader reports what is wrong with them."""
+    try:
+        return "_class_name" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return True
 
 
 def _check_weights(folder: Path) -> None:

@@ -265,17 +265,20 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, correction: torch.Tensor | None = None,
-               first_frame: int | Sequence[int] = 1, pose_change: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+               first_frame: int | Sequence[int] = 1, pose_change: torch.Tensor | np.ndarray | None = None,
+               frame_step: int | Sequence[int] = 1) -> np.ndarray:
         """Latents (B, F, C, V*h, w) -> uint8 frames (B, F, V, H, W, 3).
 
-        ``correction``: the rollouts' :meth:`reference_correction`; latent frame f is ``first_frame + f``
-        frames after the reference (one int, or one per rollout) and its commanded pose differs from the reference's
-        by ``pose_change`` (raw, (B, F, 7); models with a ``reference_pose_gate``), see :func:`relative_decoding`.
+        ``correction``: the rollouts' :meth:`reference_correction`; latent frame f is ``first_frame + f *
+        frame_step`` frames after the reference (each one int, or one per rollout; a clip sampled at a future skip
+        s has ``frame_step`` s) and its commanded pose differs from the reference's by ``pose_change`` (raw,
+        (B, F, 7); models with a ``reference_pose_gate``), see :func:`relative_decoding`.
         """
         x = self.codec.decode_views_float(latents, len(self.config.cameras))
         if correction is not None:
             first = torch.as_tensor(first_frame).reshape(-1, 1)  # (B or 1, 1)
-            frames_after = (first + torch.arange(latents.shape[1])).expand(latents.shape[0], -1)  # (B, F)
+            step = torch.as_tensor(frame_step).reshape(-1, 1)
+            frames_after = (first + step * torch.arange(latents.shape[1])).expand(latents.shape[0], -1)  # (B, F)
             weights = self.reference_weights(frames_after, pose_change)  # (B, F, V)
             correction = correction.to(x.device)[:, None]  # (B, 1, 2, V, 3, H, W)
             x = relative_decoding(x, correction[:, :, 1], correction[:, :, 0], weights.to(x.device),
@@ -318,10 +321,13 @@ class WorldModel(nn.Module):
         for name in (CONFIG_FILE, NORMALIZATION_FILE, DENOISER_FILE):
             if not (directory / name).is_file():
                 raise ModelLoadError(f"not a PersistWorld model directory: missing {directory / name}")
-        config = WorldModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
-        normalizer = PoseNormalizer.from_dict(_read_json(directory / NORMALIZATION_FILE))
+        config = _parse(WorldModelConfig.from_dict, directory / CONFIG_FILE, "model config")
+        normalizer = _parse(PoseNormalizer.from_dict, directory / NORMALIZATION_FILE, "pose normalisation")
         autoencoder = load_autoencoder(directory / AUTOENCODER_DIR)
-        model = cls(config, autoencoder, normalizer)
+        try:
+            model = cls(config, autoencoder, normalizer)
+        except ValueError as e:  # e.g. a config that does not fit its autoencoder
+            raise ModelLoadError(f"{directory}: the model config does not fit its parts: {e}") from e
         weights = directory / DENOISER_FILE
         load_safetensors_into(model.denoiser, weights, directory / CONFIG_FILE)
         card = directory / MODEL_CARD
@@ -375,3 +381,15 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
+
+
+def _parse(from_dict, path: Path, what: str):
+    """``from_dict`` of a JSON file, any problem with its content a :class:`ModelLoadError` naming the file."""
+    content = _read_json(path)
+    try:
+        if not isinstance(content, dict):
+            raise TypeError(f"expected a JSON object, got {type(content).__name__}")
+        return from_dict(content)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not a valid {what} ({type(e).__name__}: {e}); the file is damaged or was "
+                             f"written by another version of persistworld_env") from e
