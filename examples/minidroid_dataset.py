@@ -22,8 +22,11 @@ def main() -> None:
     for ep in reader.episode_indices:
         print(f"episode {ep}: {reader.length(ep)} frames at 15 Hz, '{reader.instruction(ep)}', "
               f"success={reader.episode_meta(ep).get('success')}")
-    # Small sets need an explicit validation split: hold out the last episode.
-    ds = WorldModelDataset(args.out, split="train", val_episodes=[reader.episode_indices[-1]])
+    # Small sets need an explicit validation split: hold out the last episode (a single one is read whole).
+    if len(reader.episode_indices) > 1:
+        ds = WorldModelDataset(args.out, split="train", val_episodes=[reader.episode_indices[-1]])
+    else:
+        ds = WorldModelDataset(args.out, split="all")
     sample = ds[0]
     print("video", tuple(sample["video"].shape), "(6 history + 5 clip frames, views, H, W, RGB)")
     print("pose", tuple(sample["pose"].shape), "normalised to [-1, 1]; frame ticks", sample["frame_indices"].tolist())

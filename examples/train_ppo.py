@@ -76,13 +76,21 @@ def reach_action_wrapper(venv, normalizer):
     return ReachAction()
 
 
-def evaluate_in_simulator(policy, episodes: int, steps: int, seed: int) -> dict:
-    """Mean per-step and final reach reward of ``policy`` (None = keep still) in MiniDROID-Sim-v0."""
+def simulator_like(model):
+    """MiniDROID-Sim-v0 as the policy saw the world ``model`` in training: the latest frame at the model's image
+    size, and the pose normalised by the model's bounds (the same raw pose gives the same ``obs["pose"]``)."""
     import gymnasium as gym
 
     from persistworld_env.wrappers import LatestFrameObservation
 
-    env = LatestFrameObservation(gym.make("MiniDROID-Sim-v0", task="pick", observed_frames=1))  # render what it sees
+    return LatestFrameObservation(gym.make("MiniDROID-Sim-v0", task="pick", observed_frames=1,
+                                           pose_normalizer=model.normalizer, height=model.config.height,
+                                           width=model.config.width))
+
+
+def evaluate_in_simulator(policy, episodes: int, steps: int, seed: int, model) -> dict:
+    """Mean per-step and final reach reward of ``policy`` (None = keep still) in :func:`simulator_like` ``model``."""
+    env = simulator_like(model)
     rewards, finals = [], []
     for episode in range(episodes):
         obs, info = env.reset(seed=seed + episode)
@@ -151,8 +159,9 @@ def main() -> None:
     parser.add_argument("--n-epochs", type=int, default=10, help="PPO epochs over each rollout")
     parser.add_argument("--batch-size", type=int, default=32, help="PPO minibatch size")
     parser.add_argument("--log-std-init", type=float, default=-1.0,
-                        help="initial log std of the Gaussian policy: -1 explores +-0.37 around its mean in the "
-                             "normalised pose box (SB3's default 0 mostly commands the box's walls)")
+                        help="initial log std of the Gaussian policy over ReachAction moves in [-1, 1]: -1 explores "
+                             "+-0.37 (about 7 cm a step) around its mean; SB3's default 0 explores +-1, so the arm "
+                             "mostly jitters at the start")
     parser.add_argument("--eval-episodes", type=int, default=8, help="simulator episodes per policy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="ppo_run")
@@ -179,7 +188,8 @@ def main() -> None:
                  n_epochs=args.n_epochs, learning_rate=3e-4, seed=args.seed, verbose=0,
                  policy_kwargs={"log_std_init": args.log_std_init})
     policy.set_logger(configure(str(out), ["csv", "tensorboard"]))
-    untrained = evaluate_in_simulator(policy, args.eval_episodes, args.episode_steps, seed=10_000 + args.seed)
+    model = world.venv.model
+    untrained = evaluate_in_simulator(policy, args.eval_episodes, args.episode_steps, 10_000 + args.seed, model)
     start = time.perf_counter()
     policy.learn(total_timesteps=args.timesteps, progress_bar=True)
     train_seconds = time.perf_counter() - start
@@ -195,9 +205,9 @@ def main() -> None:
         "policy_std_last": policy_std(out / "progress.csv"),
         "simulator": {"untrained": untrained,
                       "trained": evaluate_in_simulator(policy, args.eval_episodes, args.episode_steps,
-                                                       seed=10_000 + args.seed),
+                                                       10_000 + args.seed, model),
                       "keep_still": evaluate_in_simulator(None, args.eval_episodes, args.episode_steps,
-                                                          seed=10_000 + args.seed)},
+                                                          10_000 + args.seed, model)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
