@@ -71,8 +71,8 @@ def swap_decoder(model_path: str, autoencoder_path: str, command: str = "") -> W
         not torch.equal(old_state[k], new_state[k]) for k in old_state.keys() & new_state.keys())
     swapped.model_card = (model.model_card.rstrip() + "\n\n## Decoder replaced (`persistworld swap-decoder`)\n\n"
                           f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor "
-                          f"unchanged; {changed} decoder-side tensors differ). Command: `{command or '(from Python)'}`."
-                          " Figures above that involve decoding were measured with the previous decoder.\n")
+                          f"unchanged; {changed} decoder-side tensors differ). Figures above that involve decoding "
+                          f"were measured with the previous decoder.\n\n- command: `{command or '(from Python)'}`\n")
     return swapped.eval()
 
 
