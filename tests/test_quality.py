@@ -93,9 +93,10 @@ def test_quality_command_writes_every_figure_per_camera(sim_dataset, model_dir, 
 def test_quality_command_runs_in_bfloat16_and_says_so(sim_dataset, model_dir, tmp_path, capsys):
     out = tmp_path / "q16"
     assert cli_main(["quality", "--model", model_dir, "--data", str(sim_dataset), "--out", str(out),
-                     "--val-episodes", "2", "--episodes", "1", "--samples", "2", "--steps", "1", "--dtype", "bfloat16"]) == 0
+                     "--val-episodes", "2", "--episodes", "1", "--samples", "2", "--steps", "1", "--dtype", "bfloat16", "--seed", "5"]) == 0
     saved = json.loads((out / "quality.json").read_text())
     assert saved["dtype"] == "bfloat16" and all(np.isfinite(v) for v in saved["vae_psnr"].values())
+    assert saved["replay"]["seeds"] == [5]  # --seed seeds the replays too
     assert "(bfloat16)" in capsys.readouterr().out
 
 

@@ -50,10 +50,11 @@ def evaluate_quality(model_dir: str, data_dir: str, out: str, episodes: int = 8,
                     "vae_psnr": vae, "vae_psnr_as_decoded": vae_as_decoded, "one_step": one_step, "replay": {}}
     if eligible:
         eps = [load_replay_episode(reader, e, steps) for e in eligible]
-        generated = rollout_replay(RolloutEngine(model), eps, steps, seeds=list(range(len(eps))))
+        seeds = [seed + i for i in range(len(eps))]  # sampling seed of each replay
+        generated = rollout_replay(RolloutEngine(model), eps, steps, seeds=seeds)
         truth = np.stack([ep.frames for ep in eps])
         scores = fidelity(generated, truth)  # (B, steps, V)
-        result["replay"] = {"episodes": eligible, "steps": steps,
+        result["replay"] = {"episodes": eligible, "seeds": seeds, "steps": steps,
                             **{k: v.mean(0).T.tolist() for k, v in scores.items()}}  # per camera, per step
         flat = lambda v: v.reshape(-1, *v.shape[2:])  # noqa: E731
         write_video(comparison_frames(flat(truth[0]), flat(generated[0])), Path(out) / "replay.mp4")
