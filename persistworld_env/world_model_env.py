@@ -7,6 +7,7 @@ actions and ``info["fidelity"]`` reports per-camera PSNR/SSIM of the model again
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, Sequence
 
@@ -249,10 +250,12 @@ class PersistWorldEnv(gym.Env):
 
     # -- gymnasium API -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
         options = dict(options or {})
         check_reset_options(options, self.starts, goal=self.reward_fn is goal_reward)
-        episode_seed = int(self.np_random.integers(2**31 - 1))
+        # gym.Env.reset's seeding, on a candidate RNG kept only if the reset is accepted
+        rng, rng_seed = (gym.utils.seeding.np_random(seed) if seed is not None
+                         else (copy.deepcopy(self.np_random), self.np_random_seed))
+        episode_seed = int(rng.integers(2**31 - 1))
         goal = None
         if self.reward_fn is goal_reward:
             if "goal" not in options:
@@ -262,6 +265,7 @@ class PersistWorldEnv(gym.Env):
         if self.ground_truth is not None and start.info.get("source") != "sim":
             raise ValueError("ground_truth='sim' needs simulator starts (initial_state='sim')")
         # accepted: only now does the running episode end
+        self._np_random, self._np_random_seed = rng, rng_seed
         self.engine.reset(start.frames[None], start.pose[None], [start.instruction] if start.instruction else None,
                           seeds=[episode_seed])
         self._goal = goal

@@ -349,6 +349,26 @@ def test_rejected_single_env_reset_keeps_the_episode_and_its_goal(model_dir):
     env.close()
 
 
+def test_a_rejected_single_env_reset_leaves_its_rng_as_it_was(model_dir):
+    """After a refused reset (with or without a seed), the next reset starts the episode it would have started."""
+    def next_episode_seed(refused: dict | None) -> int:
+        env = PersistWorldEnv(model=str(model_dir), sampling_steps=1, reward="goal")
+        goal = np.zeros((3, H, W, 3), np.uint8)
+        env.reset(seed=3, options={"goal": goal})
+        if refused is not None:
+            with pytest.raises(ValueError):
+                env.reset(**refused)
+        seed = env.reset(options={"goal": goal})[1]["episode_seed"]
+        env.close()
+        return seed
+
+    undisturbed = next_episode_seed(None)
+    bad_frames = {"frames": np.zeros((3, H, W, 3), np.float32), "pose": np.zeros(7, np.float32),
+                  "goal": np.zeros((3, H, W, 3), np.uint8)}
+    for refused in ({}, {"seed": 99, "options": {"bogus": 1}}, {"options": bad_frames}):
+        assert next_episode_seed(refused) == undisturbed, refused
+
+
 @pytest.mark.parametrize("autoreset", ["next_step", "same_step"])
 def test_vector_autoreset_of_dataset_starts_draws_an_episode(model_dir, sim_dataset, autoreset):
     from persistworld_env.vector_env import PersistWorldVectorEnv
