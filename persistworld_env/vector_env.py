@@ -32,14 +32,16 @@ from persistworld_env.world_model_env import (RewardFn, batch_rewards, build_rew
 
 def slot_entries(tree: dict[str, Any], i: int) -> dict[str, Any]:
     """Sub-env ``i``'s entries of a vector observation or info dict in Gymnasium's layout (arrays, with
-    ``"_key"`` masks where only some sub-envs report a key, nested dicts for dict values)."""
+    ``"_key"`` masks where only some sub-envs report a key, nested dicts for dict values); scalars come back as
+    Python numbers, as the sub-env reported them."""
     out = {}
     for key, value in tree.items():
         mask = tree.get("_" + key)
         if key.startswith("_") or (mask is not None and not mask[i]):
             continue
-        out[key] = slot_entries(value, i) if isinstance(value, dict) else value[i] if isinstance(
+        entry = slot_entries(value, i) if isinstance(value, dict) else value[i] if isinstance(
             value, np.ndarray) else value
+        out[key] = entry.item() if isinstance(entry, np.generic) else entry
     return out
 
 

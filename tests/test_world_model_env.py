@@ -474,6 +474,7 @@ def test_sb3_vecenv_passes_reset_options_and_infos_like_dummy_vec_env(model_dir)
     assert not dones.any() and [info["task"] for info in infos] == ["push", "pick"]
     assert infos[0]["instruction"] and infos[0]["raw_pose"].shape == (7,) and not infos[0]["TimeLimit.truncated"]
     first_seeds = [info["episode_seed"] for info in venv.reset_infos]
+    assert all(type(seed) is int for seed in first_seeds)  # Python scalars, as DummyVecEnv passes them on
     _, _, dones, infos = venv.step(np.zeros((2, 4, 7), np.float32))
     assert dones.all() and infos[1]["task"] == "pick" and infos[1]["TimeLimit.truncated"]  # the finished episode's
     assert infos[1]["terminal_observation"][CAMERAS[0]].shape == (3, H, W)
