@@ -9,11 +9,15 @@ def configure_headless_rendering() -> None:
     """Use EGL for offscreen MuJoCo rendering on headless Linux unless the user chose a backend.
 
     MuJoCo reads ``MUJOCO_GL`` once, at import. Set it yourself (``egl``, ``osmesa``, ``glfw``)
-    before importing :mod:`persistworld_env` to override this default.
+    before importing :mod:`persistworld_env` to override this default; a ``PYOPENGL_PLATFORM`` of ``egl`` or
+    ``osmesa`` alone is followed too.
     """
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+        offscreen = ("egl", "osmesa")
+        chosen = os.environ.get("PYOPENGL_PLATFORM")
+        os.environ.setdefault("MUJOCO_GL", chosen if chosen in offscreen else "egl")
+        if os.environ["MUJOCO_GL"] in offscreen:  # PyOpenGL's platform names; glfw or "disable" are not
+            os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
 _TORCHVISION_SHIM = None

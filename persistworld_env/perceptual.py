@@ -32,14 +32,15 @@ class LPIPSWeightsMissing(RuntimeError):
 
 
 def find_alexnet_weights(weights: str | os.PathLike | None = None) -> Path | None:
-    """The local AlexNet checkpoint: ``weights``, else ``$PERSISTWORLD_ALEXNET_WEIGHTS``, else torch hub's cache."""
-    candidates = [weights, os.environ.get(WEIGHTS_ENV),
-                  Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE]
-    for candidate in candidates:
+    """The local AlexNet checkpoint: ``weights`` if given (a missing file raises: never another file in its place),
+    else ``$PERSISTWORLD_ALEXNET_WEIGHTS``, else torch hub's cache; None when neither holds one."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise LPIPSWeightsMissing(f"AlexNet weights not found at {weights}")
+        return Path(weights)
+    for candidate in (os.environ.get(WEIGHTS_ENV), Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    if weights is not None:
-        raise LPIPSWeightsMissing(f"AlexNet weights not found at {weights}")
     return None
 
 

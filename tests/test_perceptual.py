@@ -19,6 +19,16 @@ def test_real_mode_without_weights_stops_with_instructions(monkeypatch, tmp_path
         build_lpips("real")
 
 
+def test_a_missing_weights_file_is_an_error_even_when_another_one_exists(monkeypatch, tmp_path):
+    from persistworld_env.perceptual import find_alexnet_weights
+
+    (tmp_path / "other.pth").write_bytes(b"")
+    monkeypatch.setenv("PERSISTWORLD_ALEXNET_WEIGHTS", str(tmp_path / "other.pth"))
+    with pytest.raises(LPIPSWeightsMissing, match="typo.pth"):
+        find_alexnet_weights(tmp_path / "typo.pth")
+    assert find_alexnet_weights() == tmp_path / "other.pth"
+
+
 def test_real_mode_loads_a_local_torchvision_checkpoint(tmp_path):
     import torchvision
 

@@ -373,6 +373,10 @@ def test_ctrl_world_key_layout_round_trip(normalizer, tmp_path):
     assert report.unused == ["text_encoder.text_model.embeddings.position_ids"]
     for (k1, v1), (k2, v2) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2), k1
+    # a checkpoint that wraps its tensors in {"state_dict": ...} loads the same from a path or as a loaded dict
+    torch.save({"state_dict": state}, tmp_path / "checkpoint-wrapped.pt")
+    for given in (tmp_path / "checkpoint-wrapped.pt", {"state_dict": state}):
+        assert load_ctrl_world_checkpoint(dst, given).unused == report.unused
     truncated = tmp_path / "checkpoint-bad.pt"
     truncated.write_bytes((tmp_path / "checkpoint-10.pt").read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="checkpoint-bad.pt"):

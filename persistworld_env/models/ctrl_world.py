@@ -57,8 +57,8 @@ def load_ctrl_world_checkpoint(model: WorldModel, checkpoint: str | os.PathLike 
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ModelLoadError(f"cannot read Ctrl-World checkpoint {path} (truncated or not a state dict?): {e}") from e
-        if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
-            checkpoint = checkpoint["state_dict"]
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):  # a file's or a loaded wrapper
+        checkpoint = checkpoint["state_dict"]
     report = LoadReport()
     targets = {"unet.": {}, "action_encoder.": {}, "vae.": {}}
     for key, value in checkpoint.items():
