@@ -126,27 +126,3 @@ def test_summary_names_the_better_model_by_hand_computed_margins_and_includes_no
     assert "## Notes\n\nPost-training did not help the wrist camera." in text
     with pytest.raises(FileNotFoundError, match="notes"):
         build_report(str(tmp_path / "eval"), None, str(tmp_path / "r.md"), notes=str(tmp_path / "missing.md"))
-
-
-def test_the_reproduce_section_keeps_every_command_of_a_models_lineage(tmp_path):
-    """A decoder tuned or swapped after training appends its section (and command) to its parent's card; post-training
-    puts its own first and the base model's card below: the report lists the base's command first either way."""
-    import torch
-
-    from persistworld_env.models.world_model import WorldModel
-    from persistworld_env.sim.env import default_pose_normalizer
-    from training.report import card_commands
-    from training.swap_decoder import swap_decoder
-
-    pretrained = "# PersistWorld world model\n\n- command: `persistworld pretrain --out P`\n\n## Validation\n"
-    tuned = pretrained + "\n## Decoder tuned on the model's own latents\n\n- command: `persistworld tune-decoder`\n"
-    posttrained = "# post-trained\n\n- command: `persistworld posttrain`\n\n## Base model\n\n" + pretrained
-    assert card_commands(tuned) == ["persistworld pretrain --out P", "persistworld tune-decoder"]
-    assert card_commands(posttrained) == ["persistworld pretrain --out P", "persistworld posttrain"]
-    assert card_commands("# no commands\n") == []
-    torch.manual_seed(0)
-    model = WorldModel.build("tiny", default_pose_normalizer())
-    model.save_pretrained(tmp_path / "m", model_card=pretrained)
-    model.autoencoder.save_pretrained(tmp_path / "vae")
-    swapped = swap_decoder(str(tmp_path / "m"), str(tmp_path / "vae"), command="persistworld swap-decoder X")
-    assert card_commands(swapped.model_card) == ["persistworld pretrain --out P", "persistworld swap-decoder X"]

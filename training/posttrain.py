@@ -62,6 +62,7 @@ from persistworld_env.diffusion.edm import EDMConfig
 from persistworld_env.success import carry_success_detector
 from training.checkpoints import (clip_gradients, finite_step, main_process_writer, resume_checkpoint, save_checkpoint,
                                   start_run)
+from training.model_card import BASE_MODEL_HEADING
 
 if TYPE_CHECKING:
     from persistworld_env.rewards import GroupScores
@@ -225,7 +226,7 @@ def _model_card(config: PosttrainConfig, summary: dict, base_card: str) -> str:
                                                   if config.per_view_rewards else "")
              + (" -- PERMUTED at random within each group (a control run)" if config.permute_rewards else ""), ""]
     if base_card:
-        lines += ["## Base model", "", base_card.strip(), ""]
+        lines += [BASE_MODEL_HEADING, "", base_card.strip(), ""]
     return "\n".join(lines)
 
 

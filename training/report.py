@@ -40,27 +40,18 @@ def _copy_figure(src: Path, assets: Path, report: Path, prefix: str) -> str:
     return dest.relative_to(report.parent).as_posix()
 
 
-_COMMAND = re.compile(r"- command: `([^`]+)`")
-
-
 def training_commands(model_path: str) -> list[str]:
     """The command lines recorded in a model directory's card (``- command: `...```): the first one of each
     ``## Source`` section when the model was made from others (``persistworld average``), then the model's own
-    lineage (:func:`card_commands`)."""
+    lineage (:func:`training.model_card.card_commands`)."""
     from persistworld_env.models.world_model import model_dir
+    from training.model_card import card_commands, first_command
 
     card = model_dir(model_path) / "README.md"
     if not card.is_file():
         return []
     own, *sources = re.split(r"^## Source \d+: .*$", card.read_text(), flags=re.MULTILINE)
-    return [m.group(1) for m in map(_COMMAND.search, sources) if m] + card_commands(own)
-
-
-def card_commands(card: str) -> list[str]:
-    """Every command of a model card, a ``## Base model`` section's (posttrain) before the text above it; sections
-    that a later command appends at the end (tune-decoder, swap-decoder) stay in their place after their parent's."""
-    head, found, base = card.partition("\n## Base model\n")
-    return (card_commands(base) if found else []) + _COMMAND.findall(head)
+    return [c for c in map(first_command, sources) if c] + card_commands(own)
 
 
 def fidelity_section(doc: dict, eval_dir: Path, report: Path, assets: Path) -> list[str]:

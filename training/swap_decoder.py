@@ -18,6 +18,7 @@ from torch import nn
 
 from persistworld_env.models.autoencoder import ENCODER_PREFIXES, ModelLoadError, load_autoencoder
 from persistworld_env.models.world_model import WorldModel
+from training.model_card import add_section
 
 #: Config entries that describe where a diffusers model came from, not what it computes.
 _PROVENANCE_KEYS = ("_name_or_path", "_diffusers_version", "_use_default_values")
@@ -69,10 +70,11 @@ def swap_decoder(model_path: str, autoencoder_path: str, command: str = "") -> W
     old_state = model.autoencoder.state_dict()
     changed = len(old_state.keys() ^ new_state.keys()) + sum(  # in one decoder only, or different
         not torch.equal(old_state[k], new_state[k]) for k in old_state.keys() & new_state.keys())
-    swapped.model_card = (model.model_card.rstrip() + "\n\n## Decoder replaced (`persistworld swap-decoder`)\n\n"
-                          f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor "
-                          f"unchanged; {changed} decoder-side tensors differ). Figures above that involve decoding "
-                          f"were measured with the previous decoder.\n\n- command: `{command or '(from Python)'}`\n")
+    swapped.model_card = add_section(model.model_card, (
+        "## Decoder replaced (`persistworld swap-decoder`)\n\n"
+        f"The autoencoder is `{autoencoder_path}` (encoder, latent space and scaling factor unchanged; {changed} "
+        "decoder-side tensors differ). Figures above that involve decoding were measured with the previous decoder.\n\n"
+        f"- command: `{command or '(from Python)'}`\n"))
     return swapped.eval()
 
 

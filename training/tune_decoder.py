@@ -50,6 +50,7 @@ from persistworld_env.models.image_codec import float_to_uint8, uint8_to_float, 
 from persistworld_env.models.world_model import WorldModel, relative_decoding
 from training.checkpoints import (ResumeError, main_process_writer, optimizer_step, resume_checkpoint,
                                   save_checkpoint, save_derived_model, start_run, warmup_cosine)
+from training.model_card import add_section
 
 PAIRS_FILE = "pairs.npz"
 
@@ -400,9 +401,7 @@ def _model_card(card: str, config: DecoderTuneConfig, summary: dict) -> str:
              "first column is that rebuilt decoder before tuning.")
     rows = "\n".join(f"| {cam} | {before[cam]:.2f} | {value:.2f} |" if before else f"| {cam} | | {value:.2f} |"
                      for cam, value in summary["val_psnr"].items())
-    return (card.rstrip() + f"""
-
-## Decoder tuned on the model's own latents (`persistworld tune-decoder`)
+    return add_section(card, f"""## Decoder tuned on the model's own latents (`persistworld tune-decoder`)
 
 The decoder (encoder frozen: same latents, denoiser unchanged) was fine-tuned on the latents this model
 generates in {config.horizon}-step replays of {summary['train_episodes']} training episodes of `{config.data_dir}`,
