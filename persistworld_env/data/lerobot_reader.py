@@ -132,12 +132,11 @@ class LeRobotEpisodes:
         if not path.is_file():
             raise DatasetError(f"missing parquet file of episode {episode_index}: {path}")
         try:
-            if columns is not None:
-                missing = [c for c in columns if c not in pq.read_schema(path).names]
-                if missing:
-                    raise DatasetError(f"{path} has no column(s) {missing} (is this dataset in the DROID layout?)")
             table = pq.read_table(path, columns=list(columns) if columns is not None else None)
         except (pa.ArrowException, OSError) as e:
+            missing = _missing_columns(path, columns)
+            if missing:
+                raise DatasetError(f"{path} has no column(s) {missing} (is this dataset in the DROID layout?)") from e
             raise DatasetError(f"cannot read parquet file {path} (truncated or corrupt?): {e}") from e
         expected = self.length(episode_index)
         if table.num_rows != expected:
@@ -186,3 +185,14 @@ class LeRobotEpisodes:
             extra=dict(meta.get("extra", {})),
             frame_success=cols[FRAME_SUCCESS].reshape(-1).astype(bool) if self.has_frame_success else None,
         )
+
+
+def _missing_columns(path: Path, columns: Sequence[str] | None) -> list[str]:
+    """Which of ``columns`` a readable parquet file lacks (none when the file cannot be read at all)."""
+    if columns is None:
+        return []
+    try:
+        names = set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError):
+        return []
+    return [c for c in columns if c not in names]

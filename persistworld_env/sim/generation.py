@@ -29,11 +29,11 @@ def check_generation_settings(root: Path, settings: dict, has_episodes: bool,
     another renderer version draws the same episodes a little differently (up to 0.2 dB PSNR between MuJoCo
     4.0.0 and 4.0.1), which is worth knowing but does not change what an episode is.
     """
-    from persistworld_env.data.io_utils import read_json, write_json_atomic
+    from persistworld_env.data.io_utils import write_json_atomic
 
     path = root / SETTINGS_FILE
-    if path.is_file():
-        stored = read_json(path)
+    stored = generation_settings(root)
+    if stored:
         diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if diff:
             listed = ", ".join(f"{k}: {a!r} in the dataset, {b!r} now" for k, (a, b) in sorted(diff.items()))
